@@ -1,0 +1,1 @@
+"""tdsl: a compiler for a small tensor language."""
