@@ -159,6 +159,9 @@ class _ToAst(Transformer):
     def false(self, ch):
         return ast.BoolLit(False, _span(ch))
 
+    def paren(self, ch):
+        return _keep(ch)[0]
+
     def name(self, ch):
         return _name(ch[0])
 

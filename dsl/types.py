@@ -312,7 +312,7 @@ class Affine:
     # ---- text -----------------------------------------------------------------------------
     def __str__(self) -> str:
         parts: list[str] = []
-        for atom, c in self.terms:
+        for atom, c in sorted(self.terms, key=lambda t: t[1] < 0):
             text = str(atom)
             if isinstance(atom, FloorDiv) and abs(c) != 1:
                 text = f"({text})"

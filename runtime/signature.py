@@ -88,20 +88,26 @@ class Condition:
     kind: str
     expr: Affine
     message: str
+    # The condition is vacuous when one of these extents is <= 0 (an empty loop domain).
+    unless_empty: tuple[Affine, ...] = ()
 
     def holds(self, symbols: Mapping[str, int]) -> bool:
         """True when the condition is satisfied by these symbol values."""
+        if any(e.evaluate(symbols) <= 0 for e in self.unless_empty):
+            return True
         value = self.expr.evaluate(symbols)
         return value >= 0 if self.kind == "ge" else value == 0
 
     def to_json(self) -> dict:
         """JSON-able form."""
-        return {"kind": self.kind, "expr": self.expr.to_json(), "message": self.message}
+        return {"kind": self.kind, "expr": self.expr.to_json(), "message": self.message,
+                "unless_empty": [e.to_json() for e in self.unless_empty]}
 
     @staticmethod
     def from_json(data: Mapping) -> Condition:
         """The inverse of `to_json`."""
-        return Condition(data["kind"], Affine.from_json(data["expr"]), data["message"])
+        return Condition(data["kind"], Affine.from_json(data["expr"]), data["message"],
+                         tuple(Affine.from_json(e) for e in data.get("unless_empty", ())))
 
 
 @dataclass(frozen=True)

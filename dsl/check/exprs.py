@@ -1,0 +1,407 @@
+"""Typed lowering of expressions: name resolution, dtypes with weak literals, builtins, casts,
+`fn` inlining and reductions (with the evidence that infers each index's range)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from tdsl import ast
+from tdsl import checked as c
+from tdsl.check import consts
+from tdsl.check.affine import to_affine
+from tdsl.check.context import (
+    BINARY_BUILTINS, CONSTANTS, FLOAT_ONLY_BUILTINS, REDUCTIONS, UNARY_BUILTINS, Reporter,
+    StatementError, nearest,
+)
+from tdsl.source import Span
+from tdsl.types import Affine, DType, TensorType
+
+_ARITH = {"+": "add", "-": "sub", "*": "mul", "/": "div", "%": "mod", "**": "pow"}
+_COMPARE = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
+_CONST_VALUES = {"inf": math.inf, "nan": math.nan, "pi": math.pi}
+
+
+@dataclass(frozen=True)
+class Typed:
+    """A lowered expression: a checked node, or a weak literal value (expr None)."""
+
+    expr: c.Expr | None
+    dtype: DType
+    span: Span
+    weak: consts.Number | None = None
+
+    @property
+    def is_weak(self) -> bool:
+        """True for a literal whose dtype is still open."""
+        return self.expr is None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Index `index` appears alone as subscript `dim` of `tensor`, whose size there is `size`."""
+
+    index: str
+    size: Affine
+    tensor: str
+    dim: int
+    span: Span
+
+
+@dataclass(frozen=True)
+class Access:
+    """A subscript to prove in range once every index's extent is known."""
+
+    tensor: str
+    dim: int
+    size: Affine
+    subscript: Affine
+    span: Span
+    enclosing: tuple[str, ...]
+
+
+@dataclass
+class Scope:
+    """Everything an expression may name, plus what lowering learns along the way."""
+
+    tensors: dict[str, TensorType]
+    symbols: set[str]
+    fns: dict[str, ast.Fn]
+    poisoned: set[str]
+    indices: dict[str, str] = field(default_factory=dict)       # source name -> unique name
+    extents: dict[str, Affine] = field(default_factory=dict)    # unique name -> extent
+    used_indices: set[str] = field(default_factory=set)
+    reserved_indices: set[str] = field(default_factory=set)
+    fn_values: dict[str, Typed] | None = None
+    whole: dict[str, tuple[Affine, ...]] | None = None
+    evidence: list[Evidence] = field(default_factory=list)
+    accesses: list[Access] = field(default_factory=list)
+    equalities: list[tuple[Evidence, Evidence]] = field(default_factory=list)
+    reads: set[str] = field(default_factory=set)
+    inlined: int = 0
+
+    def fresh_index(self, name: str, generated: bool = False) -> str:
+        """A unique index name for this statement, `name` itself when free; a `generated`
+        name also avoids every name the statement's source mentions."""
+        avoid = self.reserved_indices if generated else set()
+        candidate, n = name, 1
+        while candidate in self.used_indices or candidate in avoid:
+            n += 1
+            candidate = f"{name}_{n}"
+        self.used_indices.add(candidate)
+        return candidate
+
+
+class ExprLowering:
+    """Lowers AST expressions of one statement to typed checked expressions."""
+
+    def __init__(self, scope: Scope, reporter: Reporter):
+        self.scope = scope
+        self.rep = reporter
+
+    # ---- entry points ---------------------------------------------------------------------
+    def lower(self, expr: ast.Expr) -> Typed:
+        """The typed lowering of `expr` (raises StatementError after reporting)."""
+        method = getattr(self, f"_{type(expr).__name__.lower()}")
+        return method(expr)
+
+    def concrete(self, t: Typed) -> c.Expr:
+        """The expression with a weak literal given its default dtype (i64 or f32)."""
+        if not t.is_weak:
+            return t.expr  # type: ignore[return-value]
+        if isinstance(t.weak, bool):
+            return c.Const(t.weak, DType.BOOL)
+        return self.coerce(t, DType.F32 if isinstance(t.weak, float) else DType.I64)
+
+    def coerce(self, t: Typed, dtype: DType, context: str = "") -> c.Expr:
+        """`t` as `dtype`: weak literals convert, strong expressions must match exactly."""
+        if t.is_weak:
+            return c.Const(self._weak_value(t, dtype, context), dtype)
+        if t.dtype is not dtype:
+            raise self.rep.fail(
+                t.span, f"{context or 'expression'} has dtype {t.dtype}, expected {dtype}",
+                f"cast it: {dtype}({self._snippet(t.span)})")
+        return t.expr  # type: ignore[return-value]
+
+    def _weak_value(self, t: Typed, dtype: DType, context: str) -> consts.Number:
+        value = t.weak
+        assert value is not None
+        if dtype is DType.BOOL:
+            if isinstance(value, bool):
+                return value
+            raise self.rep.fail(t.span, f"number {self._snippet(t.span)} used as bool"
+                                f"{' in ' + context if context else ''}",
+                                "compare it instead, e.g. x != 0")
+        if isinstance(value, bool):
+            raise self.rep.fail(t.span, f"bool literal used as {dtype}",
+                                f"cast it: {dtype}({self._snippet(t.span)})")
+        if dtype.is_float:
+            return float(value)
+        if isinstance(value, float):
+            raise self.rep.fail(t.span, f"float literal {self._snippet(t.span)} used as {dtype}",
+                                f"write an integer, or cast: {dtype}({self._snippet(t.span)})")
+        if not consts.fits(value, dtype):
+            low, high = dtype.int_range
+            raise self.rep.fail(t.span, f"literal {value} does not fit in {dtype} "
+                                f"[{low}, {high}]")
+        return int(value)
+
+    # ---- leaves ---------------------------------------------------------------------------
+    def _number(self, e: ast.Number) -> Typed:
+        if not e.is_float and e.value > (1 << 63) - 1:
+            raise self.rep.fail(e.span, "integer literal too large (the largest is 2**63 - 1)")
+        return Typed(None, DType.F32 if e.is_float else DType.I64, e.span, e.value)
+
+    def _boollit(self, e: ast.BoolLit) -> Typed:
+        return Typed(c.Const(e.value, DType.BOOL), DType.BOOL, e.span)
+
+    def _name(self, e: ast.Name) -> Typed:
+        s = self.scope
+        name = e.id
+        if name in CONSTANTS:
+            return Typed(None, DType.F32, e.span, _CONST_VALUES[name])
+        if s.fn_values is not None:
+            if name in s.fn_values:
+                return s.fn_values[name]
+            raise self.rep.fail(e.span, f"unknown name '{name}' in a fn (a fn sees only its "
+                                "parameters and lets)", nearest(name, s.fn_values))
+        if name in s.indices:
+            return Typed(c.IndexVar(s.indices[name]), DType.I64, e.span)
+        if name in s.symbols:
+            return Typed(c.SymbolVal(Affine.of(name)), DType.I64, e.span)
+        if name in s.poisoned:
+            raise StatementError(name)
+        if name in s.tensors:
+            return self._bare_tensor(e)
+        scope_names = list(s.tensors) + list(s.symbols) + list(s.indices)
+        raise self.rep.fail(e.span, f"unknown name '{name}'", nearest(name, scope_names))
+
+    def _bare_tensor(self, e: ast.Name) -> Typed:
+        ttype = self.scope.tensors[e.id]
+        self.scope.reads.add(e.id)
+        if self.scope.whole is not None and e.id in self.scope.whole:
+            return Typed(c.Read(e.id, self.scope.whole[e.id], ttype.dtype), ttype.dtype, e.span)
+        if ttype.rank == 0:
+            return Typed(c.Read(e.id, (), ttype.dtype), ttype.dtype, e.span)
+        subs = ", ".join(f"i{n}" for n in range(ttype.rank))
+        raise self.rep.fail(e.span, f"'{e.id}' is a tensor of type {ttype}; index it here",
+                            f"write {e.id}[{subs}] with indices defined on the left side")
+
+    # ---- indexing -------------------------------------------------------------------------
+    def _index(self, e: ast.Index) -> Typed:
+        s = self.scope
+        name = e.base.id
+        if name in s.poisoned:
+            raise StatementError(name)
+        if s.fn_values is not None:
+            raise self.rep.fail(e.span, "a fn works on scalars and cannot index tensors",
+                                "index the tensor in the kernel and pass the element")
+        if name not in s.tensors:
+            what = ("an index" if name in s.indices else "a shape symbol" if name in s.symbols
+                    else None)
+            if what:
+                raise self.rep.fail(e.base.span, f"'{name}' is {what}, not a tensor")
+            raise self.rep.fail(e.base.span, f"unknown tensor '{name}'",
+                                nearest(name, s.tensors))
+        ttype = s.tensors[name]
+        s.reads.add(name)
+        if len(e.subscripts) != ttype.rank:
+            raise self.rep.fail(e.span, f"'{name}' has rank {ttype.rank} ({ttype}) but "
+                                f"{len(e.subscripts)} subscript"
+                                f"{'s were' if len(e.subscripts) != 1 else ' was'} given")
+        subs = tuple(self._subscript(name, ttype, dim, sub) for dim, sub in
+                     enumerate(e.subscripts))
+        return Typed(c.Read(name, subs, ttype.dtype), ttype.dtype, e.span)
+
+    def _subscript(self, tensor: str, ttype: TensorType, dim: int, sub: ast.Subscript) -> Affine:
+        if sub.extent is not None:
+            raise self.rep.fail(sub.extent.span, "an extent ': ...' is only allowed in the "
+                                "index list of a reduction")
+        form = to_affine(sub.expr, self._resolve_subscript_name, self.rep, "a subscript")
+        size = ttype.shape[dim]
+        enclosing = tuple(self.scope.indices.values())
+        self.scope.accesses.append(Access(tensor, dim, size, form, sub.span, enclosing))
+        alone = form.as_name()
+        if alone is not None and alone in self.scope.indices.values():
+            self.scope.evidence.append(Evidence(alone, size, tensor, dim, sub.span))
+        return form
+
+    def _resolve_subscript_name(self, name: ast.Name) -> Affine:
+        s = self.scope
+        if name.id in s.indices:
+            return Affine.of(s.indices[name.id])
+        if name.id in s.symbols:
+            return Affine.of(name.id)
+        if name.id in s.tensors or name.id in (s.fn_values or {}):
+            raise self.rep.fail(name.span, f"a subscript must be affine in indices and shape "
+                                f"symbols; '{name.id}' is a value (data-dependent indexing is "
+                                "not supported)")
+        raise self.rep.fail(name.span, f"index '{name.id}' is not defined on the left side and "
+                            "is not reduced",
+                            f"add '{name.id}' to the left side, or reduce over it: "
+                            f"sum[{name.id}](...)")
+
+    # ---- operators ------------------------------------------------------------------------
+    def _unary(self, e: ast.Unary) -> Typed:
+        x = self.lower(e.operand)
+        if e.op == "not":
+            cond = self.coerce(x, DType.BOOL, "operand of 'not'")
+            return Typed(c.Unary("not", cond, DType.BOOL), DType.BOOL, e.span)
+        self._require_numeric(x, f"unary '{e.op}'")
+        if e.op == "+":
+            return Typed(x.expr, x.dtype, e.span, x.weak)
+        if x.is_weak:
+            return Typed(None, x.dtype, e.span, consts.fold_unary("-", x.weak))
+        return Typed(c.Unary("neg", x.expr, x.dtype), x.dtype, e.span)
+
+    def _binary(self, e: ast.Binary) -> Typed:
+        left, right = self.lower(e.left), self.lower(e.right)
+        if e.op in ("and", "or"):
+            a = self.coerce(left, DType.BOOL, f"left operand of '{e.op}'")
+            b = self.coerce(right, DType.BOOL, f"right operand of '{e.op}'")
+            return Typed(c.Binary(e.op, a, b, DType.BOOL), DType.BOOL, e.span)
+        if e.op in _COMPARE:
+            return self.compare(_COMPARE[e.op], left, right, e.span, e.op_span, e.op)
+        if e.op == "**":
+            return self.power(left, right, e.span)
+        return self.arith(_ARITH[e.op], left, right, e.span, e.op_span, e.op)
+
+    def unify(self, a: Typed, b: Typed, op_span: Span, op_text: str) -> tuple[c.Expr, c.Expr,
+                                                                              DType]:
+        """Both operands at one dtype (weak literals adapt; strong ones must agree)."""
+        if a.is_weak and not b.is_weak:
+            return self.coerce(a, b.dtype, f"operand of '{op_text}'"), b.expr, b.dtype
+        if b.is_weak and not a.is_weak:
+            return a.expr, self.coerce(b, a.dtype, f"operand of '{op_text}'"), a.dtype
+        if a.dtype is not b.dtype:
+            raise self.rep.fail(op_span, f"operands of '{op_text}' have different dtypes: "
+                                f"{a.dtype} and {b.dtype}", self._cast_hint(a, b))
+        return a.expr, b.expr, a.dtype
+
+    def _cast_hint(self, a: Typed, b: Typed) -> str:
+        def rank(t: Typed) -> tuple[int, int]:
+            return (1 if t.dtype.is_float else 0, t.dtype.bits)
+        low, high = (a, b) if rank(a) <= rank(b) else (b, a)
+        return f"cast one side, e.g. {high.dtype}({self._snippet(low.span)})"
+
+    def arith(self, op: str, a: Typed, b: Typed, span: Span, op_span: Span, text: str) -> Typed:
+        """`a op b` for + - * / % min max."""
+        if a.is_weak and b.is_weak:
+            if isinstance(a.weak, bool) or isinstance(b.weak, bool):
+                raise self.rep.fail(op_span, f"'{text}' on bool values")
+            value = consts.fold_binary(op, a.weak, b.weak)
+            return Typed(None, DType.F32 if isinstance(value, float) else DType.I64, span, value)
+        x, y, dtype = self.unify(a, b, op_span, text)
+        if dtype is DType.BOOL:
+            raise self.rep.fail(op_span, f"'{text}' on bool values",
+                                f"cast them to a number first, e.g. i32({self._snippet(a.span)})")
+        return Typed(c.Binary(op, x, y, dtype), dtype, span)
+
+    def compare(self, op: str, a: Typed, b: Typed, span: Span, op_span: Span,
+                text: str) -> Typed:
+        """A comparison giving bool."""
+        if a.is_weak and b.is_weak:
+            return Typed(c.Const(consts.fold_compare(op, a.weak, b.weak), DType.BOOL),
+                         DType.BOOL, span)
+        x, y, _ = self.unify(a, b, op_span, text)
+        return Typed(c.Binary(op, x, y, DType.BOOL), DType.BOOL, span)
+
+    def power(self, a: Typed, b: Typed, span: Span) -> Typed:
+        """`a ** b`: floats of one dtype, or an integer to a non-negative literal power."""
+        if a.is_weak and b.is_weak:
+            value = consts.fold_binary("pow", a.weak, b.weak)
+            return Typed(None, DType.F32 if isinstance(value, float) else DType.I64, span, value)
+        base_dtype = a.dtype if not a.is_weak else b.dtype
+        if base_dtype.is_int and not (b.is_weak and isinstance(b.weak, int) and b.weak >= 0):
+            raise self.rep.fail(b.span, "an integer power needs a non-negative integer literal "
+                                "exponent", f"compute in floats: f64({self._snippet(a.span)})")
+        x, y, dtype = self.unify(a, b, span, "**")
+        self._require_numeric(Typed(x, dtype, span), "'**'")
+        return Typed(c.Binary("pow", x, y, dtype), dtype, span)
+
+    def _require_numeric(self, t: Typed, what: str) -> None:
+        if t.dtype is DType.BOOL:
+            raise self.rep.fail(t.span, f"{what} needs a number, got bool",
+                                f"cast it, e.g. i32({self._snippet(t.span)})")
+
+    # ---- calls ----------------------------------------------------------------------------
+    def _call(self, e: ast.Call) -> Typed:
+        name = e.func.id
+        dtype = DType.parse(name)
+        if dtype is not None:
+            return self._cast(e, dtype)
+        if name == "select":
+            return self._select(e)
+        if name in UNARY_BUILTINS:
+            return self._builtin1(e)
+        if name in BINARY_BUILTINS:
+            return self._builtin2(e)
+        if name in self.scope.fns:
+            from tdsl.check.inline import inline_call
+            return inline_call(self, e, self.scope.fns[name])
+        if name in REDUCTIONS:
+            raise self.rep.fail(e.func.span, f"'{name}' is a reduction; give it its indices",
+                                f"write {name}[i](...) over an index i")
+        candidates = (UNARY_BUILTINS | BINARY_BUILTINS | {"select"} | set(self.scope.fns))
+        raise self.rep.fail(e.func.span, f"unknown function '{name}'", nearest(name, candidates))
+
+    def _arity(self, e: ast.Call, n: int) -> None:
+        if len(e.args) != n:
+            raise self.rep.fail(e.span, f"'{e.func.id}' takes {n} argument{'s' if n > 1 else ''}"
+                                f", got {len(e.args)}")
+
+    def _cast(self, e: ast.Call, dtype: DType) -> Typed:
+        self._arity(e, 1)
+        x = self.lower(e.args[0])
+        if x.is_weak:
+            return Typed(c.Const(consts.cast_constant(x.weak, dtype), dtype), dtype, e.span)
+        if x.dtype is dtype:
+            return Typed(x.expr, dtype, e.span)
+        return Typed(c.Cast(x.expr, dtype), dtype, e.span)
+
+    def _select(self, e: ast.Call) -> Typed:
+        self._arity(e, 3)
+        cond, a, b = (self.lower(arg) for arg in e.args)
+        cexpr = self.coerce(cond, DType.BOOL, "condition of select")
+        if a.is_weak and b.is_weak:
+            either_float = isinstance(a.weak, float) or isinstance(b.weak, float)
+            dtype = DType.F32 if either_float else self.concrete(a).dtype
+            a = Typed(self.coerce(a, dtype), dtype, a.span)
+        x, y, dtype = self.unify(a, b, e.func.span, "select")
+        return Typed(c.Select(cexpr, x, y, dtype), dtype, e.span)
+
+    def _builtin1(self, e: ast.Call) -> Typed:
+        self._arity(e, 1)
+        name = e.func.id
+        x = self.lower(e.args[0])
+        if x.is_weak:
+            if isinstance(x.weak, bool):
+                raise self.rep.fail(x.span, f"'{name}' needs a number, got bool")
+            value = x.weak if name not in FLOAT_ONLY_BUILTINS else float(x.weak)
+            return Typed(None, x.dtype if name not in FLOAT_ONLY_BUILTINS else DType.F32, e.span,
+                         consts.fold_unary(name, value))
+        if name in FLOAT_ONLY_BUILTINS and not x.dtype.is_float:
+            raise self.rep.fail(x.span, f"'{name}' needs a float argument, got {x.dtype}",
+                                f"cast it: f32({self._snippet(x.span)})")
+        self._require_numeric(x, f"'{name}'")
+        return Typed(c.Unary(name, x.expr, x.dtype), x.dtype, e.span)
+
+    def _builtin2(self, e: ast.Call) -> Typed:
+        name = e.func.id
+        if len(e.args) == 1 and name in REDUCTIONS:
+            raise self.rep.fail(e.span, f"'{name}' of one argument: the element-wise {name} "
+                                "takes two", f"for a reduction write {name}[i](...)")
+        self._arity(e, 2)
+        a, b = self.lower(e.args[0]), self.lower(e.args[1])
+        if name == "pow":
+            return self.power(a, b, e.span)
+        return self.arith(name, a, b, e.span, e.func.span, name)
+
+    # ---- reductions -----------------------------------------------------------------------
+    def _reduce(self, e: ast.Reduce) -> Typed:
+        from tdsl.check.reduce import lower_reduce
+        return lower_reduce(self, e)
+
+    def _snippet(self, span: Span) -> str:
+        text = " ".join(self.rep.text(span).split())
+        return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,85 @@
+"""`fn` inlining: each call is replaced by the fn's body with its parameters bound to the
+(type-checked) arguments. Recursion was rejected before, so this always terminates."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from tdsl import ast
+from tdsl.check.exprs import ExprLowering, Typed
+from tdsl.types import DType
+
+MAX_INLINED = 5000
+"""The most fn calls inlined into one statement."""
+
+
+def inline_call(low: ExprLowering, e: ast.Call, fn: ast.Fn) -> Typed:
+    """The typed expression of `fn(args)`."""
+    rep, scope = low.rep, low.scope
+    if len(e.args) != len(fn.params):
+        raise rep.fail(e.span, f"fn '{fn.name.id}' takes {len(fn.params)} argument"
+                       f"{'s' if len(fn.params) != 1 else ''}, got {len(e.args)}")
+    scope.inlined += 1
+    if scope.inlined > MAX_INLINED:
+        raise rep.fail(e.span, f"too many fn calls inlined into one statement (more than "
+                       f"{MAX_INLINED})", "split the statement, or call fewer nested fns")
+    values: dict[str, Typed] = {}
+    for param, arg in zip(fn.params, e.args):
+        dtype = param_dtype(low, param)
+        typed = low.lower(arg)
+        expr = low.coerce(typed, dtype, f"argument '{param.name.id}' of '{fn.name.id}'")
+        values[param.name.id] = Typed(expr, dtype, arg.span)
+    result = run_body(low, fn, values)
+    return replace(result, span=e.span)
+
+
+def param_dtype(low: ExprLowering, param: ast.Param) -> DType:
+    """The dtype of a fn parameter (fns take scalars only)."""
+    dtype = DType.parse(param.type.dtype.id)
+    if dtype is None:
+        raise low.rep.fail(param.type.dtype.span, f"unknown dtype '{param.type.dtype.id}'")
+    if param.type.dims is not None:
+        raise low.rep.fail(param.type.span, "fn parameters are scalars",
+                           f"write '{param.name.id}: {dtype}'")
+    return dtype
+
+
+def run_body(low: ExprLowering, fn: ast.Fn, values: dict[str, Typed]) -> Typed:
+    """Lower a fn's body with its parameters bound to `values`; return the typed result."""
+    rep, scope = low.rep, low.scope
+    result_dtype = DType.parse(fn.result.dtype.id)
+    if result_dtype is None or fn.result.dims is not None:
+        raise rep.fail(fn.result.span, "a fn returns a scalar dtype, e.g. '-> f32'")
+    saved = scope.fn_values
+    scope.fn_values = dict(values)
+    try:
+        returned = None
+        for n, stmt in enumerate(fn.body):
+            if isinstance(stmt, ast.Return):
+                if n != len(fn.body) - 1:
+                    raise rep.fail(stmt.span, "'return' must be the last statement of a fn")
+                returned = low.coerce(low.lower(stmt.value), result_dtype,
+                                      f"result of fn '{fn.name.id}'")
+            elif isinstance(stmt, ast.Let):
+                _let(low, stmt)
+            else:
+                raise rep.fail(stmt.span, "a fn body holds 'let' bindings and a 'return'")
+        if returned is None:
+            raise rep.fail(fn.span, f"fn '{fn.name.id}' has no 'return'")
+        return Typed(returned, result_dtype, fn.span)
+    finally:
+        scope.fn_values = saved
+
+
+def _let(low: ExprLowering, stmt: ast.Let) -> None:
+    scope = low.scope
+    assert scope.fn_values is not None
+    if stmt.name.id in scope.fn_values:
+        raise low.rep.fail(stmt.name.span, f"'{stmt.name.id}' is already defined in this fn")
+    value = low.lower(stmt.value)
+    if stmt.annotation is not None:
+        dtype = DType.parse(stmt.annotation.dtype.id)
+        if dtype is None or stmt.annotation.dims is not None:
+            raise low.rep.fail(stmt.annotation.span, "a let in a fn has a scalar dtype")
+        value = Typed(low.coerce(value, dtype, f"'{stmt.name.id}'"), dtype, value.span)
+    scope.fn_values[stmt.name.id] = value
