@@ -1,0 +1,159 @@
+"""The Python API: `load`, `loads` and the module and kernel objects they return.
+
+A kernel call validates its arguments through the kernel's `Signature` (the same code for
+every target), allocates the outputs it was not given, and runs the target's executable.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from tdsl.runtime.signature import BoundCall, Signature
+
+TARGETS = ("cpu", "reference", "cuda")
+DEFAULT_TARGET = "cpu"
+
+
+class Executable(Protocol):
+    """What a target produces for one kernel."""
+
+    def run(self, call: BoundCall) -> None:
+        """Compute the outputs of a validated call into `call.outputs`."""
+
+
+class Kernel:
+    """A callable kernel of a loaded module.
+
+    Call it with the inputs (positionally or by name); it returns the outputs (a tuple when
+    there are several), or writes into arrays passed by output name.
+    """
+
+    def __init__(self, signature: Signature, target: str,
+                 make_executable: Callable[[], Executable]):
+        self.signature = signature
+        self.target = target
+        self.__name__ = signature.name
+        doc = signature.doc.strip()
+        self.__doc__ = f"{doc}\n\n{signature}" if doc else str(signature)
+        self._make_executable = make_executable
+        self._executable: Executable | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        """The kernel's name."""
+        return self.signature.name
+
+    def executable(self) -> Executable:
+        """The target's compiled form, built on first use (once, even across threads)."""
+        if self._executable is None:
+            with self._lock:
+                if self._executable is None:
+                    self._executable = self._make_executable()
+        return self._executable
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        call = self.signature.bind(args, kwargs)
+        executable = self.executable()
+        call.allocate_outputs()
+        aliased = _detach_aliased_outputs(call)
+        executable.run(call)
+        for index, given in aliased:
+            given[...] = call.outputs[index]
+            call.outputs[index] = given
+        return call.result()
+
+    def __repr__(self) -> str:
+        return f"<tdsl kernel {self.signature} on {self.target}>"
+
+
+def _detach_aliased_outputs(call: BoundCall) -> list[tuple[int, np.ndarray]]:
+    """Give each output that may overlap an input a fresh array; return (index, original)
+    pairs to copy back after the run, so aliasing never changes a result."""
+    pairs = []
+    for index, out in enumerate(call.outputs):
+        if call.given_outputs[index] is None:
+            continue
+        if any(np.may_share_memory(out, array) for array in call.inputs):
+            pairs.append((index, out))
+            call.outputs[index] = np.empty_like(out, order="C")
+    return pairs
+
+
+class Module:
+    """The kernels of one source file, as attributes (and by name with `module[name]`)."""
+
+    def __init__(self, kernels: dict[str, Kernel], filename: str, target: str):
+        self.kernels = kernels
+        self.filename = filename
+        self.target = target
+
+    def __getattr__(self, name: str) -> Kernel:
+        kernels = self.__dict__.get("kernels", {})
+        if name in kernels:
+            return kernels[name]
+        raise AttributeError(f"module {self.__dict__.get('filename')!r} has no kernel "
+                             f"{name!r}; kernels: {', '.join(kernels) or 'none'}")
+
+    def __getitem__(self, name: str) -> Kernel:
+        return self.kernels[name]
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self.kernels))
+
+    def __iter__(self):
+        return iter(self.kernels.values())
+
+    def __repr__(self) -> str:
+        return f"<tdsl module {self.filename} ({self.target}): {', '.join(self.kernels)}>"
+
+
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; targets are {', '.join(TARGETS)}")
+
+
+def loads(source: str, target: str = DEFAULT_TARGET, filename: str = "<string>") -> Module:
+    """Check a tdsl source text and return its kernels for `target` (cpu, reference, cuda).
+
+    Raises `tdsl.TdslError` with located diagnostics for a program with errors.
+    """
+    _check_target(target)
+    from tdsl.check import check_source
+
+    program = check_source(source, filename)
+    factory = _executable_factory(target)
+    kernels = {k.name: Kernel(k.signature, target, _bind(factory, k, program))
+               for k in program.kernels}
+    return Module(kernels, filename, target)
+
+
+def load(path: str | os.PathLike[str], target: str = DEFAULT_TARGET) -> Module:
+    """Read, check and prepare a `.tdsl` file (see `loads`)."""
+    _check_target(target)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return loads(text, target, os.fspath(path))
+
+
+def _bind(factory, kernel, program) -> Callable[[], Executable]:
+    return lambda: factory(kernel, program)
+
+
+def _executable_factory(target: str) -> Callable[..., Executable]:
+    if target == "reference":
+        from tdsl.runtime.reference import ReferenceExecutable
+
+        return lambda kernel, program: ReferenceExecutable(kernel)
+    if target == "cpu":
+        from tdsl.runtime import cpu
+
+        return lambda kernel, program: cpu.compile_kernel(kernel)
+    from tdsl.runtime import cuda  # noqa: F401 - raises a clear error where unavailable
+
+    return lambda kernel, program: cuda.compile_kernel(kernel)
