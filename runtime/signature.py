@@ -52,13 +52,7 @@ def describe_value(value: Any) -> str:
 
 
 def _dtype_name(dt: np.dtype) -> str:
-    for tdsl_dtype in DType:
-        try:
-            if numpy_dtype(tdsl_dtype) == dt.newbyteorder("="):
-                return f"{tdsl_dtype} ({dt.name})" if tdsl_dtype.value != dt.name else dt.name
-        except TypeError:
-            continue
-    return str(dt)
+    return dt.newbyteorder("=").name if dt.kind != "O" else "object"
 
 
 @dataclass(frozen=True)
@@ -211,8 +205,8 @@ class _Binder:
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> BoundCall:
         raw_inputs, raw_outputs = self._match_arguments(args, kwargs)
         inputs = [self._input(p, v) for p, v in zip(self.sig.inputs, raw_inputs)]
-        symbols = self._bind_symbols(inputs)
-        self._check_declared_shapes(inputs, symbols)
+        symbols, origin = self._bind_symbols(inputs)
+        self._check_declared_shapes(inputs, symbols, origin)
         for cond in self.sig.conditions:
             if not cond.holds(symbols):
                 raise ValueError(f"{self.where}: {cond.message} ({self._symbol_text(cond, symbols)})")
@@ -294,7 +288,7 @@ class _Binder:
         return np.asarray(value, dtype=want)
 
     # ---- shapes ---------------------------------------------------------------------------
-    def _bind_symbols(self, inputs: list[np.ndarray]) -> dict[str, int]:
+    def _bind_symbols(self, inputs: list[np.ndarray]) -> tuple[dict[str, int], dict[str, str]]:
         symbols: dict[str, int] = {}
         origin: dict[str, str] = {}
         for src in self.sig.symbols:
@@ -308,17 +302,27 @@ class _Binder:
             if src.symbol not in symbols:
                 symbols[src.symbol] = value
                 origin[src.symbol] = f"'{param.name}'"
-        return symbols
+        return symbols, origin
 
-    def _check_declared_shapes(self, inputs: list[np.ndarray], symbols: dict[str, int]) -> None:
+    def _check_declared_shapes(self, inputs: list[np.ndarray], symbols: dict[str, int],
+                               origin: dict[str, str]) -> None:
         for param, array in zip(self.sig.inputs, inputs):
             for dim, (expected, actual) in enumerate(zip(param.type.shape, array.shape)):
                 want = expected.evaluate(symbols)
-                if want != actual:
-                    detail = "" if expected.is_const else f" = {want} with {self._env(expected, symbols)}"
+                if want == actual:
+                    continue
+                name = expected.as_name()
+                if name is not None:
                     raise ValueError(
-                        f"{self.where}: argument '{param.name}' must have dimension {dim} equal "
-                        f"to {expected}{detail} ({param.type}), got shape {tuple(array.shape)}")
+                        f"{self.where}: argument '{param.name}' has {name} = {actual} in "
+                        f"dimension {dim} ({param.type}), but {origin[name]} bound {name} = "
+                        f"{want}")
+                bound = ", ".join(f"{n} = {symbols[n]} from {origin[n]}"
+                                  for n in sorted(expected.names()))
+                detail = f" = {want} (with {bound})" if bound else ""
+                raise ValueError(
+                    f"{self.where}: argument '{param.name}' must have dimension {dim} equal "
+                    f"to {expected}{detail} ({param.type}), got shape {tuple(array.shape)}")
 
     def _output_shape(self, param: Param, symbols: dict[str, int]) -> tuple[int, ...]:
         shape = tuple(d.evaluate(symbols) for d in param.type.shape)
