@@ -105,6 +105,19 @@ class ExprLowering:
         method = getattr(self, f"_{type(expr).__name__.lower()}")
         return method(expr)
 
+    def lower_all(self, exprs: tuple[ast.Expr, ...] | list[ast.Expr]) -> list[Typed]:
+        """Lower sibling expressions, reporting the errors of every one before giving up."""
+        results: list[Typed] = []
+        failed: StatementError | None = None
+        for expr in exprs:
+            try:
+                results.append(self.lower(expr))
+            except StatementError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+        return results
+
     def concrete(self, t: Typed) -> c.Expr:
         """The expression with a weak literal given its default dtype (i64 or f32)."""
         if not t.is_weak:
@@ -255,7 +268,7 @@ class ExprLowering:
         return Typed(c.Unary("neg", x.expr, x.dtype), x.dtype, e.span)
 
     def _binary(self, e: ast.Binary) -> Typed:
-        left, right = self.lower(e.left), self.lower(e.right)
+        left, right = self.lower_all((e.left, e.right))
         if e.op in ("and", "or"):
             a = self.coerce(left, DType.BOOL, f"left operand of '{e.op}'")
             b = self.coerce(right, DType.BOOL, f"right operand of '{e.op}'")
@@ -361,7 +374,7 @@ class ExprLowering:
 
     def _select(self, e: ast.Call) -> Typed:
         self._arity(e, 3)
-        cond, a, b = (self.lower(arg) for arg in e.args)
+        cond, a, b = self.lower_all(e.args)
         cexpr = self.coerce(cond, DType.BOOL, "condition of select")
         if a.is_weak and b.is_weak:
             either_float = isinstance(a.weak, float) or isinstance(b.weak, float)
@@ -392,7 +405,7 @@ class ExprLowering:
             raise self.rep.fail(e.span, f"'{name}' of one argument: the element-wise {name} "
                                 "takes two", f"for a reduction write {name}[i](...)")
         self._arity(e, 2)
-        a, b = self.lower(e.args[0]), self.lower(e.args[1])
+        a, b = self.lower_all(e.args)
         if name == "pow":
             return self.power(a, b, e.span)
         return self.arith(name, a, b, e.span, e.func.span, name)
