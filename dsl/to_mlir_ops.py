@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import ml_dtypes
 import numpy as np
+
 from tdsl.types import DType
 
 CONTRACT = " fastmath<contract>"
@@ -114,16 +115,36 @@ class ScalarOps:
         return self.emit(f"arith.extui {v} : i1 to i8")
 
     def widen(self, v: str, dtype: DType) -> str:
-        """f16/bf16 -> f32; other dtypes unchanged."""
-        if compute_dtype(dtype) is dtype:
-            return v
-        return self.emit(f"arith.extf {v} : {value_type(dtype)} to f32")
+        """f16/bf16 -> f32 (exact); other dtypes unchanged. bf16 uses integer ops: x86 has
+        no bf16 conversion instructions before AVX512-BF16, and LLVM would call a libgcc
+        helper."""
+        if dtype is DType.BF16:
+            bits = self.emit(f"arith.bitcast {v} : bf16 to i16")
+            wide = self.emit(f"arith.extui {bits} : i16 to i32")
+            shifted = self.emit(f"arith.shli {wide}, {self.raw_int(16, 'i32')} : i32")
+            return self.emit(f"arith.bitcast {shifted} : i32 to f32")
+        if dtype is DType.F16:
+            return self.emit(f"arith.extf {v} : f16 to f32")
+        return v
 
     def narrow(self, v: str, dtype: DType) -> str:
-        """f32 -> f16/bf16 (round to nearest even); other dtypes unchanged."""
-        if compute_dtype(dtype) is dtype:
+        """f32 -> f16/bf16, rounding to nearest even; other dtypes unchanged."""
+        if dtype is DType.F16:
+            return self.emit(f"arith.truncf {v} : f32 to f16")
+        if dtype is not DType.BF16:
             return v
-        return self.emit(f"arith.truncf {v} : f32 to {value_type(dtype)}")
+        i32 = lambda k: self.raw_int(k, "i32")  # noqa: E731
+        bits = self.emit(f"arith.bitcast {v} : f32 to i32")
+        high = self.emit(f"arith.shrui {bits}, {i32(16)} : i32")
+        lsb = self.emit(f"arith.andi {high}, {i32(1)} : i32")
+        bias = self.emit(f"arith.addi {lsb}, {i32(0x7FFF)} : i32")
+        rounded = self.emit(f"arith.addi {bits}, {bias} : i32")
+        top = self.emit(f"arith.shrui {rounded}, {i32(16)} : i32")
+        quiet = self.emit(f"arith.ori {high}, {i32(0x40)} : i32")  # nan: keep sign, quiet
+        is_nan = self.emit(f"arith.cmpf uno, {v}, {v} : f32")
+        top = self.emit(f"arith.select {is_nan}, {quiet}, {top} : i32")
+        half = self.emit(f"arith.trunci {top} : i32 to i16")
+        return self.emit(f"arith.bitcast {half} : i16 to bf16")
 
     # ---- operations -----------------------------------------------------------------------
     def select(self, cond: str, a: str, b: str, dtype: DType) -> str:
@@ -253,19 +274,23 @@ class ScalarOps:
         b_minus1 = self.emit(f"arith.cmpi eq, {b}, {self.const(-1, dtype)} : {mt}")
         special = self.emit(f"arith.ori {b_zero}, {b_minus1} : i1")
         safe = self.select(special, one, b, dtype)
-        if op == "div":
-            q = self.emit(f"arith.floordivsi {a}, {safe} : {mt}")
-            neg_a = self.emit(f"arith.subi {zero}, {a} : {mt}")
-            q = self.select(b_minus1, neg_a, q, dtype)
-            return self.select(b_zero, zero, q, dtype)
-        r = self.emit(f"arith.remsi {a}, {safe} : {mt}")  # 0 for the special divisors
+        # Truncating division, then one step towards -inf where the remainder's sign differs
+        # from the divisor's (remainder 0 for the special divisors).
+        r = self.emit(f"arith.remsi {a}, {safe} : {mt}")
         r_nonzero = self.emit(f"arith.cmpi ne, {r}, {zero} : {mt}")
         r_neg = self.emit(f"arith.cmpi slt, {r}, {zero} : {mt}")
         b_neg = self.emit(f"arith.cmpi slt, {b}, {zero} : {mt}")
         differ = self.emit(f"arith.xori {r_neg}, {b_neg} : i1")
         fix = self.emit(f"arith.andi {r_nonzero}, {differ} : i1")
-        shifted = self.emit(f"arith.addi {r}, {b} : {mt}")
-        return self.select(fix, shifted, r, dtype)
+        if op == "mod":
+            shifted = self.emit(f"arith.addi {r}, {b} : {mt}")
+            return self.select(fix, shifted, r, dtype)
+        q = self.emit(f"arith.divsi {a}, {safe} : {mt}")
+        q_down = self.emit(f"arith.subi {q}, {one} : {mt}")
+        q = self.select(fix, q_down, q, dtype)
+        neg_a = self.emit(f"arith.subi {zero}, {a} : {mt}")
+        q = self.select(b_minus1, neg_a, q, dtype)
+        return self.select(b_zero, zero, q, dtype)
 
     def _int_pow(self, a: str, b: str, dtype: DType) -> str:
         """Square-and-multiply over the exponent's bits (wrapping). A negative exponent gives
@@ -327,6 +352,8 @@ class ScalarOps:
     def _to_bool(self, x: str, src: DType) -> str:
         mt = value_type(src)
         if src.is_float:
+            x, src = self.widen(x, src), compute_dtype(src)
+            mt = value_type(src)
             return self.emit(f"arith.cmpf une, {x}, {self.const(0.0, src)} : {mt}")
         return self.emit(f"arith.cmpi ne, {x}, {self.const(0, src)} : {mt}")
 

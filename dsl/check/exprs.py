@@ -11,8 +11,14 @@ from tdsl import checked as c
 from tdsl.check import consts
 from tdsl.check.affine import to_affine
 from tdsl.check.context import (
-    BINARY_BUILTINS, CONSTANTS, FLOAT_ONLY_BUILTINS, REDUCTIONS, UNARY_BUILTINS, Reporter,
-    StatementError, nearest,
+    BINARY_BUILTINS,
+    CONSTANTS,
+    FLOAT_ONLY_BUILTINS,
+    REDUCTIONS,
+    UNARY_BUILTINS,
+    Reporter,
+    StatementError,
+    nearest,
 )
 from tdsl.source import Span
 from tdsl.types import Affine, DType, TensorType

@@ -42,7 +42,7 @@ def lower_reduce(low: ExprLowering, e: ast.Reduce) -> Typed:
     body_expr = low.concrete(body)
     if op == "mean" and not body_expr.dtype.is_float:
         raise rep.fail(e.body.span, f"'mean' of {body_expr.dtype} values needs floats",
-                       f"cast the body, e.g. mean[...](f32(...))")
+                       "cast the body, e.g. mean[...](f32(...))")
     found = scope.evidence[first_evidence:]
     extents = tuple(_infer(low, n, declared[n], found, sub.span)
                     for n, sub in zip(names, e.indices))
