@@ -82,9 +82,10 @@ def expressions(depth: int) -> st.SearchStrategy[Gen]:
 def evaluate(expr: Gen, A, B, v, w, s) -> np.ndarray:
     """The numpy value of a generated expression, broadcast to y's shape."""
     M, N = A.shape
-    I, J = np.meshgrid(np.arange(M, dtype=np.float64), np.arange(N, dtype=np.float64),
-                       indexing="ij")
-    env = {"np": np, "A": A, "B": B, "v": v, "w": w, "s": s, "I": I, "J": J, "M": M, "N": N}
+    rows, cols = np.meshgrid(np.arange(M, dtype=np.float64), np.arange(N, dtype=np.float64),
+                             indexing="ij")
+    env = {"np": np, "A": A, "B": B, "v": v, "w": w, "s": s, "I": rows, "J": cols, "M": M,
+           "N": N}
     with np.errstate(all="ignore"):
         return np.broadcast_to(eval(expr.numpy, env), (M, N))  # noqa: S307 - test-built text
 
