@@ -124,6 +124,8 @@ def loads(source: str, target: str = DEFAULT_TARGET, filename: str = "<string>")
     Raises `tdsl.TdslError` with located diagnostics for a program with errors.
     """
     _check_target(target)
+    if target == "cpu" and _cache_usable():
+        return _load_cached_cpu(source, filename)
     from tdsl.check import check_source
 
     program = check_source(source, filename)
@@ -139,6 +141,44 @@ def load(path: str | os.PathLike[str], target: str = DEFAULT_TARGET) -> Module:
     with open(path, encoding="utf-8") as f:
         text = f.read()
     return loads(text, target, os.fspath(path))
+
+
+def _cache_usable() -> bool:
+    from tdsl.codegen.link import find_linker
+    from tdsl.runtime import cache
+
+    return cache.enabled() and find_linker() is not None
+
+
+def _load_cached_cpu(source: str, filename: str) -> Module:
+    """The cpu module from the disk cache, compiling and storing it on a miss. A hit needs
+    neither the parser nor the compiler."""
+    from tdsl.runtime import cache
+    from tdsl.runtime.aot import LibraryError, open_library
+
+    entry = cache.key(source, "cpu")
+    for attempt in (1, 2):
+        library = cache.lookup(entry)
+        if library is None:
+            from tdsl.check import check_source
+            from tdsl.compiler import build_library
+
+            program = check_source(source, filename)
+            library = cache.store(entry, lambda path: build_library(program, path))
+        try:
+            _, executables = open_library(library)
+            break
+        except LibraryError as exc:
+            if attempt == 2:
+                raise
+            cache.drop(entry, str(exc))
+    kernels = {name: Kernel(ex.signature, "cpu", _constant(ex))
+               for name, ex in executables.items()}
+    return Module(kernels, filename, "cpu")
+
+
+def _constant(value):
+    return lambda: value
 
 
 def _bind(factory, kernel, program) -> Callable[[], Executable]:

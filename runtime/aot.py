@@ -1,0 +1,70 @@
+"""Loading compiled shared libraries (AOT libraries and cache entries) with ctypes only: no
+parser, no MLIR, no llvmlite. A library carries its metadata in the `tdsl_metadata` symbol."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+
+from tdsl.runtime.cpu import CpuExecutable
+from tdsl.runtime.signature import Signature
+
+METADATA_SYMBOL = "tdsl_metadata"
+METADATA_SIZE_SYMBOL = "tdsl_metadata_size"
+SUPPORTED_FORMATS = (1,)
+
+
+class LibraryError(ValueError):
+    """A file that is not a loadable tdsl library."""
+
+
+def read_metadata(lib: ctypes.CDLL, path: str) -> dict:
+    """The metadata a library carries."""
+    try:
+        size = ctypes.c_int64.in_dll(lib, METADATA_SIZE_SYMBOL).value
+        start = ctypes.addressof(ctypes.c_char.in_dll(lib, METADATA_SYMBOL))
+    except ValueError:
+        raise LibraryError(f"{path} is not a tdsl library (no {METADATA_SYMBOL} symbol)") from None
+    try:
+        meta = json.loads(ctypes.string_at(start, size).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LibraryError(f"{path}: corrupt tdsl metadata ({exc})") from None
+    if meta.get("format") not in SUPPORTED_FORMATS:
+        raise LibraryError(f"{path}: unsupported tdsl library format {meta.get('format')!r}")
+    return meta
+
+
+def open_library(path: str | os.PathLike[str]) -> tuple[dict, dict[str, CpuExecutable]]:
+    """Load a library; return its metadata and an executable per kernel name."""
+    path = os.fspath(path)
+    try:
+        lib = ctypes.CDLL(os.path.abspath(path))
+    except OSError as exc:
+        raise LibraryError(f"cannot load {path}: {exc}") from None
+    meta = read_metadata(lib, path)
+    executables: dict[str, CpuExecutable] = {}
+    for entry in meta["kernels"]:
+        signature = Signature.from_json(entry["signature"])
+        try:
+            function = getattr(lib, entry["entry"])
+        except AttributeError:
+            raise LibraryError(f"{path}: missing entry point {entry['entry']}") from None
+        address = ctypes.cast(function, ctypes.c_void_p).value
+        executables[signature.name] = CpuExecutable(signature, address, keepalive=lib)
+    return meta, executables
+
+
+def load_library(path: str | os.PathLike[str]):
+    """Load a library written by `tdsl compile FILE -o lib.so` as a module of kernels,
+    validated exactly like `tdsl.load`; the compiler need not be installed."""
+    from tdsl.api import Kernel, Module
+
+    meta, executables = open_library(path)
+    kernels = {name: Kernel(ex.signature, "cpu", _constant(ex)) for name, ex in
+               executables.items()}
+    return Module(kernels, os.fspath(path), meta.get("target", "cpu"))
+
+
+def _constant(value):
+    return lambda: value

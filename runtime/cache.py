@@ -1,0 +1,190 @@
+"""The on-disk cache of compiled kernels.
+
+An entry is a self-describing shared library (`KEY.so`) and a record (`KEY.json`) holding the
+library's SHA-256 and the versions that made it. The key needs no parsing: it hashes the
+source bytes, the target, the host CPU (model and feature flags), the versions of tdsl, the
+MLIR bindings and llvmlite, and a fingerprint of the compiler's own files. Writes are atomic
+(temporary file + rename; the record last), so concurrent processes never see half an entry;
+an entry whose library does not match its record is dropped with a warning and rebuilt.
+
+`TDSL_CACHE_DIR` moves the cache (default `$XDG_CACHE_HOME/tdsl` or `~/.cache/tdsl`);
+`TDSL_CACHE=0` turns it off. The directory is created private to the user (mode 0700).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+import warnings
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+FORMAT = 1
+_PACKAGE_DIRS = ("dsl", "dsl/check", "codegen", "grammar")
+
+
+def enabled() -> bool:
+    """False when `TDSL_CACHE=0` (or `off`, `false`, `no`)."""
+    return os.environ.get("TDSL_CACHE", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def cache_dir() -> Path:
+    """The cache directory (not created)."""
+    configured = os.environ.get("TDSL_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tdsl"
+
+
+def _ensure_dir() -> Path:
+    root = cache_dir()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return root
+
+
+@functools.lru_cache(maxsize=1)
+def host_id() -> str:
+    """The host CPU model and feature flags, read without LLVM."""
+    parts = [platform.machine(), platform.system()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip()
+                if key in ("model name", "flags", "Features", "CPU part"):
+                    parts.append(line.strip())
+                if line.strip() == "":
+                    break
+    except OSError:
+        parts.append(platform.processor())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        return "none"
+
+
+@functools.lru_cache(maxsize=1)
+def toolchain_id() -> str:
+    """Versions of tdsl, the MLIR bindings and llvmlite, and a fingerprint of the compiler's
+    files (so a changed compiler never reuses stale code)."""
+    import tdsl
+
+    root = Path(tdsl.__file__).resolve().parent.parent
+    stamp = []
+    for folder in _PACKAGE_DIRS:
+        for path in sorted((root / folder).glob("*.*")):
+            if path.suffix in (".py", ".lark"):
+                st = path.stat()
+                stamp.append(f"{folder}/{path.name}:{st.st_size}:{st.st_mtime_ns}")
+    versions = [tdsl.__version__, _version("xtc-mlir-python-bindings"), _version("llvmlite")]
+    return hashlib.sha256("\n".join(versions + stamp).encode()).hexdigest()[:16]
+
+
+def key(source: str, target: str) -> str:
+    """The cache key of a source text compiled for a target on this host."""
+    h = hashlib.sha256()
+    for part in (f"format={FORMAT}", target, host_id(), toolchain_id()):
+        h.update(part.encode() + b"\0")
+    h.update(source.encode("utf-8"))
+    return h.hexdigest()[:40]
+
+
+def _paths(entry: str) -> tuple[Path, Path]:
+    root = cache_dir()
+    return root / f"{entry}.so", root / f"{entry}.json"
+
+
+def lookup(entry: str) -> Path | None:
+    """The library of a valid entry, or None (a corrupt entry is removed with a warning)."""
+    lib, record = _paths(entry)
+    if not record.exists():
+        return None
+    try:
+        info = json.loads(record.read_text(encoding="utf-8"))
+        digest = hashlib.sha256(lib.read_bytes()).hexdigest()
+    except (OSError, ValueError) as exc:
+        _drop(entry, f"unreadable ({exc})")
+        return None
+    if info.get("format") != FORMAT or info.get("sha256") != digest:
+        _drop(entry, "its library does not match its checksum")
+        return None
+    return lib
+
+
+def drop(entry: str, why: str) -> None:
+    """Remove an entry, warning why."""
+    _drop(entry, why)
+
+
+def _drop(entry: str, why: str) -> None:
+    warnings.warn(f"tdsl: dropping cache entry {entry[:12]}: {why}; recompiling",
+                  RuntimeWarning, stacklevel=3)
+    for path in _paths(entry):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def store(entry: str, build) -> Path:
+    """Build a library with `build(path)` into the cache and record it atomically."""
+    root = _ensure_dir()
+    lib, record = _paths(entry)
+    fd, staged = tempfile.mkstemp(dir=root, prefix=f".{entry}.", suffix=".so")
+    os.close(fd)
+    try:
+        build(staged)
+        digest = hashlib.sha256(Path(staged).read_bytes()).hexdigest()
+        os.replace(staged, lib)
+    finally:
+        if os.path.exists(staged):
+            os.unlink(staged)
+    info = {"format": FORMAT, "sha256": digest, "created": time.time(),
+            "host": host_id(), "toolchain": toolchain_id()}
+    _atomic_write(record, json.dumps(info).encode())
+    return lib
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staged, path)
+    except BaseException:
+        if os.path.exists(staged):
+            os.unlink(staged)
+        raise
+
+
+def info() -> dict:
+    """Where the cache is, how many entries it holds and their size in bytes."""
+    root = cache_dir()
+    entries = list(root.glob("*.json")) if root.exists() else []
+    size = sum(p.stat().st_size for p in root.glob("*") if p.is_file()) if root.exists() else 0
+    return {"dir": str(root), "entries": len(entries), "bytes": size, "enabled": enabled()}
+
+
+def clear() -> int:
+    """Remove every entry; return how many were removed."""
+    root = cache_dir()
+    if not root.exists():
+        return 0
+    count = 0
+    for path in root.glob("*"):
+        if path.suffix == ".json":
+            count += 1
+        if path.is_file() and (path.suffix in (".json", ".so", ".tmp")):
+            path.unlink(missing_ok=True)
+    return count
