@@ -6,6 +6,7 @@ every target), allocates the outputs it was not given, and runs the target's exe
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -164,7 +165,7 @@ def _load_cached_cpu(source: str, filename: str) -> Module:
             from tdsl.compiler import build_library
 
             program = check_source(source, filename)
-            library = cache.store(entry, lambda path: build_library(program, path))
+            library = cache.store(entry, functools.partial(build_library, program))
         try:
             _, executables = open_library(library)
             break
