@@ -6,6 +6,9 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
+import tempfile
+import threading
 
 from tdsl.runtime.cpu import CpuExecutable
 from tdsl.runtime.signature import Signature
@@ -35,13 +38,35 @@ def read_metadata(lib: ctypes.CDLL, path: str) -> dict:
     return meta
 
 
+_LOADED: dict[str, tuple[int, int, int]] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def _loadable_path(path: str) -> str:
+    """`path`, or a private copy of it when a different file was loaded from the same path
+    before in this process (the dynamic loader would return the old library by name)."""
+    st = os.stat(path)
+    identity = (st.st_dev, st.st_ino, st.st_mtime_ns)
+    with _LOADED_LOCK:
+        previous = _LOADED.setdefault(path, identity)
+    if previous == identity:
+        return path
+    fd, copy = tempfile.mkstemp(prefix="tdsl-lib-", suffix=".so")
+    with os.fdopen(fd, "wb") as f, open(path, "rb") as src:
+        shutil.copyfileobj(src, f)
+    return copy
+
+
 def open_library(path: str | os.PathLike[str]) -> tuple[dict, dict[str, CpuExecutable]]:
     """Load a library; return its metadata and an executable per kernel name."""
     path = os.fspath(path)
     try:
-        lib = ctypes.CDLL(os.path.abspath(path))
+        loadable = _loadable_path(os.path.abspath(path))
+        lib = ctypes.CDLL(loadable)
     except OSError as exc:
         raise LibraryError(f"cannot load {path}: {exc}") from None
+    if loadable != os.path.abspath(path):
+        os.unlink(loadable)  # the mapping stays valid
     meta = read_metadata(lib, path)
     executables: dict[str, CpuExecutable] = {}
     for entry in meta["kernels"]:
