@@ -1,4 +1,4 @@
-"""Every sample program in samples/ runs on the reference target and matches its numpy reference.
+"""Every sample program in samples/ runs on every target and matches its numpy reference.
 
 The cases (inputs and hand-written references) are in `sample_cases.py`; these tests also make
 sure that table covers every kernel of every sample file, and that every kernel carries the
@@ -21,15 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tdsl  # noqa: E402
 from sample_cases import CASES, SAMPLES, Case, tolerance  # noqa: E402
 
-# The samples run on the reference interpreter; TDSL_SAMPLE_TARGET=cpu (or cuda) runs the same
-# table against a compiled target.
-TARGET = os.environ.get("TDSL_SAMPLE_TARGET", "reference")
+# The samples run on every target named in TDSL_TEST_TARGETS (default: the reference
+# interpreter and the CPU compiler).
+TARGETS = os.environ.get("TDSL_TEST_TARGETS", "reference,cpu").split(",")
 
 _KERNEL = re.compile(r"^\s*kernel\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(", re.MULTILINE)
 
 
 @functools.cache
-def load(file: str, target: str = TARGET):
+def load(file: str, target: str = "reference"):
     """The compiled module of a sample file (compiled once per test session)."""
     return tdsl.load(str(SAMPLES / file), target=target)
 
@@ -93,15 +93,16 @@ def _check_output(case: Case, index: int, got, want) -> None:
                                rtol=rtol, atol=atol, err_msg=where)
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_sample_matches_reference(case: Case) -> None:
+def test_sample_matches_reference(case: Case, target: str) -> None:
     inputs = case.make_inputs()
     saved = [np.array(x, copy=True) for x in inputs]
     expected = case.expected(*[np.array(x, copy=True) if isinstance(x, np.ndarray) else x
                                for x in inputs])
     n = len(expected) if isinstance(expected, tuple) else 1
 
-    kernel = getattr(load(case.file), case.kernel)
+    kernel = getattr(load(case.file, target), case.kernel)
     got = _as_tuple(kernel(*inputs), n)
 
     for index, (g, e) in enumerate(zip(got, _as_tuple(expected, n))):
