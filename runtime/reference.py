@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.special
+
 from tdsl.checked import (
     Binary,
     Cast,
@@ -74,6 +75,9 @@ class ReferenceExecutable:
         """Compute every statement; write the outputs into call.outputs (already allocated,
         any strides, in signature order)."""
         sig = self.kernel.signature
+        inputs = {p.name for p in sig.inputs}
+        if any(s.target in inputs for s in self.kernel.statements):
+            raise ValueError(f"{sig.name}(): a statement writes an input")
         store = self._allocate(call)
         evaluator = _Evaluator(store, call.symbols)
         with np.errstate(all="ignore"):
@@ -169,7 +173,7 @@ class _Evaluator:
             return
         rest = tuple(_Axis(n, 0, s) for n, s in zip(st.indices[1:], sizes[1:]))
         peak = self._peak(st.expr, math.prod(sizes), st.indices)
-        rows = sizes[0] if peak <= CHUNK_ELEMENTS else max(1, CHUNK_ELEMENTS * sizes[0] // peak)
+        rows = max(1, sizes[0] if peak <= CHUNK_ELEMENTS else CHUNK_ELEMENTS * sizes[0] // peak)
         for start in range(0, sizes[0], rows):
             stop = min(start + rows, sizes[0])
             domain = _Domain((_Axis(st.indices[0], start, stop - start),) + rest)
@@ -190,7 +194,7 @@ class _Evaluator:
         value = _fit(self.dispatch[type(e)](e, dom), dom.rank)
         if value.dtype != numpy_dtype(e.dtype):
             raise TypeError(f"{type(e).__name__} of dtype {e.dtype} evaluated to {value.dtype}: "
-                            f"the checked program is inconsistent ({e})")
+                            f"the checked program is inconsistent ({str(e)[:300]})")
         return value
 
     # ---- leaves ---------------------------------------------------------------------------
@@ -357,7 +361,7 @@ def _children(e: Expr) -> tuple[Expr, ...]:
 
 def _require(ok: bool, e: Expr) -> None:
     if not ok:
-        raise TypeError(f"{type(e).__name__} not defined for these dtypes ({e})")
+        raise TypeError(f"{type(e).__name__} not defined for these dtypes ({str(e)[:300]})")
 
 
 def _compute(kind: DType, fn: Callable[..., Array], *args: Array) -> Array:

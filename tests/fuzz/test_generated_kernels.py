@@ -59,7 +59,7 @@ def _binary(a: Gen, b: Gen, op: str) -> Gen:
                    f"({a.numpy}) / (1.0 + np.abs({b.numpy}))"),
         "max": Gen(f"max({a.tdsl}, {b.tdsl})", f"np.maximum({a.numpy}, {b.numpy})"),
         "min": Gen(f"min({a.tdsl}, {b.tdsl})", f"np.minimum({a.numpy}, {b.numpy})"),
-        "sel": Gen(f"select({a.tdsl} < {b.tdsl}, {a.tdsl}, 2.0 * {b.tdsl})",
+        "sel": Gen(f"select({a.tdsl} < {b.tdsl}, {a.tdsl}, 2.0 * ({b.tdsl}))",
                    f"np.where(({a.numpy}) < ({b.numpy}), {a.numpy}, 2.0 * ({b.numpy}))"),
     }
     return table[op]
