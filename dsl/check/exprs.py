@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tdsl import ast
@@ -20,6 +21,7 @@ from tdsl.check.context import (
     StatementError,
     nearest,
 )
+from tdsl.parser import MAX_DEPTH
 from tdsl.source import Span
 from tdsl.types import Affine, DType, TensorType
 
@@ -36,11 +38,19 @@ class Typed:
     dtype: DType
     span: Span
     weak: consts.Number | None = None
+    # A weak expression that is not a constant (`select(c, 1.0, 2.0)`): built once its
+    # dtype is known. `dtype` then holds its default (i64 or f32).
+    builder: Callable[[DType], c.Expr] | None = None
 
     @property
     def is_weak(self) -> bool:
-        """True for a literal whose dtype is still open."""
+        """True for a literal (or an expression of literals) whose dtype is still open."""
         return self.expr is None
+
+    @property
+    def is_const(self) -> bool:
+        """True for a weak literal with a known value."""
+        return self.expr is None and self.builder is None
 
 
 @dataclass(frozen=True)
@@ -77,8 +87,12 @@ class Scope:
     indices: dict[str, str] = field(default_factory=dict)       # source name -> unique name
     extents: dict[str, Affine] = field(default_factory=dict)    # unique name -> extent
     used_indices: set[str] = field(default_factory=set)
+    source_names: dict[str, str] = field(default_factory=dict)  # unique name -> as written
+    reduced: set[str] = field(default_factory=set)              # reduction indices (unique)
     reserved_indices: set[str] = field(default_factory=set)
     fn_values: dict[str, Typed] | None = None
+    broken_fns: set[str] = field(default_factory=set)     # recursive fns, already reported
+    opaque_fns: bool = False                              # calls are not inlined
     whole: dict[str, tuple[Affine, ...]] | None = None
     evidence: list[Evidence] = field(default_factory=list)
     accesses: list[Access] = field(default_factory=list)
@@ -95,7 +109,17 @@ class Scope:
             n += 1
             candidate = f"{name}_{n}"
         self.used_indices.add(candidate)
+        self.source_names[candidate] = name
         return candidate
+
+    def written(self, name: str) -> str:
+        """An index's name as the source writes it (unique names may carry a suffix)."""
+        return self.source_names.get(name, name)
+
+    def written_form(self, form: Affine) -> Affine:
+        """An affine form with index names as the source writes them, for messages."""
+        renamed = {u: Affine.of(self.written(u)) for u in form.names() if self.written(u) != u}
+        return form.substitute(renamed) if renamed else form
 
 
 class ExprLowering:
@@ -104,12 +128,28 @@ class ExprLowering:
     def __init__(self, scope: Scope, reporter: Reporter):
         self.scope = scope
         self.rep = reporter
+        self.depth = 0
+        self.inlining: list[ast.Call] = []  # the fn calls being inlined, outermost first
 
     # ---- entry points ---------------------------------------------------------------------
     def lower(self, expr: ast.Expr) -> Typed:
         """The typed lowering of `expr` (raises StatementError after reporting)."""
         method = getattr(self, f"_{type(expr).__name__.lower()}")
-        return method(expr)
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise self._too_deep(expr)
+            return method(expr)
+        finally:
+            self.depth -= 1
+
+    def _too_deep(self, expr: ast.Expr) -> StatementError:
+        # The parser bounds the depth of what is written; only inlined fns get here.
+        site = self.inlining[0] if self.inlining else expr
+        what = f" once fn '{site.func.id}' is inlined" if isinstance(site, ast.Call) else ""
+        return self.rep.fail(site.span, f"expression nested too deeply{what} (more than "
+                             f"{MAX_DEPTH} levels)",
+                             "split it into several statements with `let` or local tensors")
 
     def lower_all(self, exprs: tuple[ast.Expr, ...] | list[ast.Expr]) -> list[Typed]:
         """Lower sibling expressions, reporting the errors of every one before giving up."""
@@ -128,12 +168,19 @@ class ExprLowering:
         """The expression with a weak literal given its default dtype (i64 or f32)."""
         if not t.is_weak:
             return t.expr  # type: ignore[return-value]
+        if t.builder is not None:
+            return t.builder(t.dtype)
         if isinstance(t.weak, bool):
             return c.Const(t.weak, DType.BOOL)
         return self.coerce(t, DType.F32 if isinstance(t.weak, float) else DType.I64)
 
     def coerce(self, t: Typed, dtype: DType, context: str = "") -> c.Expr:
         """`t` as `dtype`: weak literals convert, strong expressions must match exactly."""
+        if t.builder is not None:
+            if t.dtype.is_float and not dtype.is_float:
+                raise self.rep.fail(t.span, f"float expression {self._snippet(t.span)} used "
+                                    f"as {dtype}", f"cast it: {dtype}({self._snippet(t.span)})")
+            return t.builder(dtype)
         if t.is_weak:
             return c.Const(self._weak_value(t, dtype, context), dtype)
         if t.dtype is not dtype:
@@ -269,9 +316,20 @@ class ExprLowering:
         self._require_numeric(x, f"unary '{e.op}'")
         if e.op == "+":
             return Typed(x.expr, x.dtype, e.span, x.weak)
-        if x.is_weak:
+        if x.is_const:
             return Typed(None, x.dtype, e.span, consts.fold_unary("-", x.weak))
+        if x.is_weak:
+            return self._deferred(x.dtype, e.span, lambda dt: c.Unary("neg", self.coerce(x, dt),
+                                                                      dt))
         return Typed(c.Unary("neg", x.expr, x.dtype), x.dtype, e.span)
+
+    def _deferred(self, default: DType, span: Span, build: Callable[[DType], c.Expr]) -> Typed:
+        """A weak, non-constant expression, built at the dtype its context gives."""
+        return Typed(None, default, span, None, build)
+
+    @staticmethod
+    def _weak_kind(*ts: Typed) -> DType:
+        return DType.F32 if any(t.dtype.is_float for t in ts) else DType.I64
 
     def _binary(self, e: ast.Binary) -> Typed:
         left, right = self.lower_all((e.left, e.right))
@@ -308,6 +366,9 @@ class ExprLowering:
         if a.is_weak and b.is_weak:
             if isinstance(a.weak, bool) or isinstance(b.weak, bool):
                 raise self.rep.fail(op_span, f"'{text}' on bool values")
+            if not (a.is_const and b.is_const):
+                return self._deferred(self._weak_kind(a, b), span, lambda dt: c.Binary(
+                    op, self.coerce(a, dt), self.coerce(b, dt), dt))
             value = consts.fold_binary(op, a.weak, b.weak)
             return Typed(None, DType.F32 if isinstance(value, float) else DType.I64, span, value)
         x, y, dtype = self.unify(a, b, op_span, text)
@@ -320,6 +381,10 @@ class ExprLowering:
                 text: str) -> Typed:
         """A comparison giving bool."""
         if a.is_weak and b.is_weak:
+            if not (a.is_const and b.is_const):
+                dt = self._weak_kind(a, b)
+                return Typed(c.Binary(op, self.coerce(a, dt), self.coerce(b, dt), DType.BOOL),
+                             DType.BOOL, span)
             return Typed(c.Const(consts.fold_compare(op, a.weak, b.weak), DType.BOOL),
                          DType.BOOL, span)
         x, y, _ = self.unify(a, b, op_span, text)
@@ -327,6 +392,8 @@ class ExprLowering:
 
     def power(self, a: Typed, b: Typed, span: Span) -> Typed:
         """`a ** b`: floats of one dtype, or an integer to a non-negative literal power."""
+        if a.is_weak and b.is_weak and not (a.is_const and b.is_const):
+            a = Typed(self.concrete(a), self.concrete(a).dtype, a.span)
         if a.is_weak and b.is_weak:
             value = consts.fold_binary("pow", a.weak, b.weak)
             return Typed(None, DType.F32 if isinstance(value, float) else DType.I64, span, value)
@@ -355,6 +422,8 @@ class ExprLowering:
             return self._builtin1(e)
         if name in BINARY_BUILTINS:
             return self._builtin2(e)
+        if name in self.scope.broken_fns:
+            raise StatementError(name)
         if name in self.scope.fns:
             from tdsl.check.inline import inline_call
             return inline_call(self, e, self.scope.fns[name])
@@ -372,8 +441,10 @@ class ExprLowering:
     def _cast(self, e: ast.Call, dtype: DType) -> Typed:
         self._arity(e, 1)
         x = self.lower(e.args[0])
-        if x.is_weak:
+        if x.is_const:
             return Typed(c.Const(consts.cast_constant(x.weak, dtype), dtype), dtype, e.span)
+        if x.is_weak:
+            x = Typed(self.concrete(x), x.dtype, x.span)
         if x.dtype is dtype:
             return Typed(x.expr, dtype, e.span)
         return Typed(c.Cast(x.expr, dtype), dtype, e.span)
@@ -383,9 +454,8 @@ class ExprLowering:
         cond, a, b = self.lower_all(e.args)
         cexpr = self.coerce(cond, DType.BOOL, "condition of select")
         if a.is_weak and b.is_weak:
-            either_float = isinstance(a.weak, float) or isinstance(b.weak, float)
-            dtype = DType.F32 if either_float else self.concrete(a).dtype
-            a = Typed(self.coerce(a, dtype), dtype, a.span)
+            return self._deferred(self._weak_kind(a, b), e.span, lambda dt: c.Select(
+                cexpr, self.coerce(a, dt), self.coerce(b, dt), dt))
         x, y, dtype = self.unify(a, b, e.func.span, "select")
         return Typed(c.Select(cexpr, x, y, dtype), dtype, e.span)
 
@@ -393,6 +463,9 @@ class ExprLowering:
         self._arity(e, 1)
         name = e.func.id
         x = self.lower(e.args[0])
+        if x.is_weak and not x.is_const:
+            kind = DType.F32 if name in FLOAT_ONLY_BUILTINS else x.dtype
+            return self._deferred(kind, e.span, lambda dt: c.Unary(name, self.coerce(x, dt), dt))
         if x.is_weak:
             if isinstance(x.weak, bool):
                 raise self.rep.fail(x.span, f"'{name}' needs a number, got bool")
