@@ -4,7 +4,9 @@ subscripts) agree with a direct numpy evaluation of the same expression, on ever
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tdsl
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from guarded import guarded_copy  # noqa: E402
 
 TARGETS = os.environ.get("TDSL_TEST_TARGETS", "reference,cpu").split(",")
 HEADER = ("kernel k(A: f64[M, N], B: f64[M, N], v: f64[N], w: f64[M], s: f64) "
@@ -100,7 +105,8 @@ def test_index_form_matches_numpy(target: str, expr: Gen, m: int, n: int, seed: 
     A, B = rng.uniform(-2, 2, (m, n)), rng.uniform(-2, 2, (m, n))
     v, w, s = rng.uniform(-2, 2, n), rng.uniform(-2, 2, m), float(rng.uniform(0.5, 2))
     source = HEADER + f"    y[i, j] = {expr.tdsl}\n}}\n"
-    got = tdsl.loads(source, target=target).k(A, B, v, w, s)
+    args = [guarded_copy(a, "end" if seed % 2 else "start") for a in (A, B, v, w)]
+    got = tdsl.loads(source, target=target).k(*args, s)
     np.testing.assert_allclose(got, evaluate(expr, A, B, v, w, s), rtol=1e-9, atol=1e-12,
                                err_msg=source)
 
