@@ -40,6 +40,7 @@ from tdsl.checked import (
     SymbolVal,
     Unary,
 )
+from tdsl.to_mlir_hoist import hoist_reductions
 from tdsl.to_mlir_ops import ScalarOps, compute_dtype, storage_type, value_type
 from tdsl.types import Affine, DType, FloorDiv, TensorType
 
@@ -73,97 +74,6 @@ def kernel_to_mlir(kernel: Kernel) -> str:
     """The MLIR text (a builtin module holding one `func.func`) of a checked kernel."""
     statements, extra = hoist_reductions(kernel)
     return _FuncEmitter(kernel, statements, kernel.locals + tuple(extra)).emit()
-
-
-# ---- hoisting nested reductions ------------------------------------------------------------
-
-
-def hoist_reductions(kernel: Kernel) -> tuple[list[Statement], list[Local]]:
-    """Statements where a `Reduce` appears only as a whole statement's expression.
-
-    A nested reduction becomes a new local over the indices it depends on (in scope order),
-    computed by a statement placed just before its user, and is read back elementwise.
-    """
-    taken = {p.name for p in kernel.signature.inputs + kernel.signature.outputs}
-    taken |= {loc.name for loc in kernel.locals}
-    hoister = _Hoister(taken)
-    for st in kernel.statements:
-        hoister.statement(st)
-    return hoister.statements, hoister.locals
-
-
-class _Hoister:
-    def __init__(self, taken: set[str]):
-        self.taken = taken
-        self.statements: list[Statement] = []
-        self.locals: list[Local] = []
-
-    def statement(self, st: Statement) -> None:
-        scope = dict(zip(st.indices, st.extents))
-        memo: dict[Reduce, Read] = {}
-        expr = st.expr
-        if isinstance(expr, Reduce):
-            inner = {**scope, **dict(zip(expr.indices, expr.extents))}
-            expr = dataclasses.replace(expr, body=self.rewrite(expr.body, inner, memo))
-        else:
-            expr = self.rewrite(expr, scope, memo)
-        self.statements.append(dataclasses.replace(st, expr=expr))
-
-    def rewrite(self, e: Expr, scope: dict[str, Affine], memo: dict[Reduce, Read]) -> Expr:
-        if isinstance(e, Reduce):
-            return self._hoist(e, scope, memo)
-        if isinstance(e, Unary | Cast):
-            return dataclasses.replace(e, x=self.rewrite(e.x, scope, memo))
-        if isinstance(e, Binary):
-            return dataclasses.replace(e, a=self.rewrite(e.a, scope, memo),
-                                       b=self.rewrite(e.b, scope, memo))
-        if isinstance(e, Select):
-            return dataclasses.replace(e, cond=self.rewrite(e.cond, scope, memo),
-                                       a=self.rewrite(e.a, scope, memo),
-                                       b=self.rewrite(e.b, scope, memo))
-        return e
-
-    def _hoist(self, e: Reduce, scope: dict[str, Affine], memo: dict[Reduce, Read]) -> Read:
-        if e in memo:
-            return memo[e]
-        inner = {**scope, **dict(zip(e.indices, e.extents))}
-        reduce = dataclasses.replace(e, body=self.rewrite(e.body, inner, memo))
-        used = expr_names(reduce.body) - set(e.indices)
-        free = tuple(n for n in scope if n in used)
-        extents = tuple(scope[n] for n in free)
-        name = self._fresh()
-        self.locals.append(Local(name, TensorType(e.dtype, extents)))
-        self.statements.append(Statement(name, free, extents, reduce))
-        read = Read(name, tuple(Affine.of(n) for n in free), e.dtype)
-        memo[e] = read
-        return read
-
-    def _fresh(self) -> str:
-        n = len(self.locals)
-        while f"_tdsl_red{n}" in self.taken:
-            n += 1
-        name = f"_tdsl_red{n}"
-        self.taken.add(name)
-        return name
-
-
-def expr_names(e: Expr) -> set[str]:
-    """Every index-variable or symbol name an expression mentions (subscripts included)."""
-    if isinstance(e, IndexVar):
-        return {e.name}
-    if isinstance(e, SymbolVal):
-        return set(e.value.names())
-    if isinstance(e, Read):
-        return set().union(*(s.names() for s in e.subscripts))
-    if isinstance(e, Unary | Cast):
-        return expr_names(e.x)
-    if isinstance(e, Binary):
-        return expr_names(e.a) | expr_names(e.b)
-    if isinstance(e, Select):
-        return expr_names(e.cond) | expr_names(e.a) | expr_names(e.b)
-    if isinstance(e, Reduce):
-        return expr_names(e.body) | set().union(*(x.names() for x in e.extents))
-    return set()
 
 
 # ---- affine forms as MLIR affine expressions -----------------------------------------------
@@ -310,9 +220,19 @@ class _FuncEmitter:
         ttype = self.types[st.target]
         if not isinstance(st.expr, Reduce):
             init = self.target_init(st)
-            self.tensors[st.target] = _Generic(self, st.indices, st.extents, (), ()).build(
-                init, ttype, lambda body, _out: body.ops.to_storage(
-                    body.value(st.expr), ttype.dtype))
+
+            def element(body: _Body, _out: str) -> str:
+                return body.ops.to_storage(body.value(st.expr), ttype.dtype)
+
+            try:
+                result = _Generic(self, st.indices, st.extents, (), (), body=st.expr).build(
+                    init, ttype, element)
+            except _IdentityCopy:
+                # A pure copy would fold away and leave a `memref.copy` (a call to the MLIR
+                # runtime's memrefCopy): read through tensor.extract instead.
+                result = _Generic(self, st.indices, st.extents, (), (), True, st.expr).build(
+                    init, ttype, element)
+            self.tensors[st.target] = result
             return
         red = st.expr
         acc = red.dtype.accumulator
@@ -326,7 +246,7 @@ class _FuncEmitter:
             v = body.ops.cast(body.value(red.body), red.body.dtype, acc)
             return body.ops.reduce_combine(red.op, out, v, acc)
 
-        gen = _Generic(self, st.indices, st.extents, red.indices, red.extents)
+        gen = _Generic(self, st.indices, st.extents, red.indices, red.extents, body=red)
         result = gen.build(init, acc_type, combine)
         if direct:
             self.tensors[st.target] = result
@@ -367,10 +287,11 @@ class _Body:
 
     def arg(self, tensor: str, ttype: str, dtype: DType) -> str:
         """The value of an identity-mapped operand (used by finishing generics)."""
-        n = len(self.gen.loops)
-        ident = ", ".join(f"d{k}" for k in range(n))
-        arg = self.gen.operand(tensor, ttype, f"({ident}) -> ({ident})", storage_type(dtype),
-                               frozenset(range(n)))
+        gen = self.gen
+        dims = ", ".join(f"d{k}" for k in range(len(gen.loops)))
+        results = ", ".join(f"d{gen.loops.index(n)}" for n in gen.par)
+        arg = gen.operand(tensor, ttype, f"({dims}) -> ({results})", storage_type(dtype),
+                          frozenset(range(len(gen.loops))))
         return self.ops.from_storage(arg, dtype)
 
     def index(self, name: str) -> str:
@@ -404,15 +325,58 @@ class _Body:
         raise NotImplementedError(f"nested {type(e).__name__} reached the MLIR emitter")
 
 
+class _IdentityCopy(Exception):
+    """The generic being built would only copy one operand."""
+
+
+def loop_order(par: tuple[str, ...], red: tuple[str, ...], body: Expr | None) -> list[str]:
+    """The loops outermost first (convert-linalg-to-loops nests them in this order).
+
+    The innermost loop is the one that most reads (and the target) index with a bare last
+    subscript, i.e. walk contiguously in C-ordered arrays, so that LLVM vectorizes it: for a
+    matmul `C[m, n] = sum[k](A[m, k] * B[k, n])`, `n` rather than `k`. Ties keep the natural
+    order (statement indices, then reduction indices innermost).
+    """
+    loops = list(par) + list(red)
+    if len(loops) < 2 or body is None:
+        return loops
+    score = dict.fromkeys(loops, 0)
+    if par:
+        score[par[-1]] += 1
+    for read in expr_reads(body):
+        name = read.subscripts[-1].as_name() if read.subscripts else None
+        if name in score:
+            score[name] += 1
+    best = max(reversed(loops), key=lambda n: score[n])  # the last of the best on a tie
+    return [n for n in loops if n != best] + [best]
+
+
+def expr_reads(e: Expr) -> list[Read]:
+    """Every `Read` of an expression (hoisted reductions excluded)."""
+    if isinstance(e, Read):
+        return [e]
+    if isinstance(e, Unary | Cast):
+        return expr_reads(e.x)
+    if isinstance(e, Binary):
+        return expr_reads(e.a) + expr_reads(e.b)
+    if isinstance(e, Select):
+        return expr_reads(e.cond) + expr_reads(e.a) + expr_reads(e.b)
+    if isinstance(e, Reduce):
+        return expr_reads(e.body)
+    return []
+
+
 class _Generic:
-    """One linalg.generic: loops (parallel then reduction), operands, dummies, region."""
+    """One linalg.generic: loops (in `loop_order`), operands, dummies, region."""
 
     def __init__(self, f: _FuncEmitter, par: tuple[str, ...], par_ext: tuple[Affine, ...],
-                 red: tuple[str, ...], red_ext: tuple[Affine, ...]):
+                 red: tuple[str, ...], red_ext: tuple[Affine, ...], force_extract: bool = False,
+                 body: Expr | None = None):
         self.f = f
-        self.loops = list(par) + list(red)
-        self.extents = dict(zip(self.loops, list(par_ext) + list(red_ext)))
-        self.n_par = len(par)
+        self.force_extract = force_extract
+        self.par, self.red = list(par), list(red)
+        self.loops = loop_order(par, red, body)
+        self.extents = dict(zip(list(par) + list(red), list(par_ext) + list(red_ext)))
         self.operands: list[_Operand] = []
         self.block_args: list[str] = []
         self.by_key: dict[tuple[str, str], int] = {}
@@ -435,7 +399,7 @@ class _Generic:
         ttype = self.f.types[e.tensor]
         tensor = self.f.tensors[e.tensor]
         names = {n: f"d{k}" for k, n in enumerate(self.loops)}
-        if self._mappable(e, ttype):
+        if not self.force_extract and self._mappable(e, ttype):
             results = ", ".join(affine_expr(s, names) for s in e.subscripts)
             bare = frozenset(self.loops.index(n) for n in
                              (s.as_name() for s in e.subscripts) if n is not None)
@@ -473,10 +437,11 @@ class _Generic:
         covered: set[int] = set()
         for op in self.operands:
             covered |= op.bare
-        for k in range(self.n_par, len(self.loops)):
+        for name in self.red:
+            k = self.loops.index(name)
             if k in covered:
                 continue
-            dummy = self.f.empty((self.extents[self.loops[k]],), DType.I8)
+            dummy = self.f.empty((self.extents[name],), DType.I8)
             self.operands.append(_Operand(dummy, "tensor<?xi8>",
                                           f"affine_map<({self.dims()}) -> (d{k})>", "i8"))
             self.block_args.append(f"%in{self.f.fresh()}")
@@ -486,12 +451,14 @@ class _Generic:
         body = _Body(self)
         out_arg = f"%out{self.f.fresh()}"
         result = yield_fn(body, out_arg)
+        if result in self.block_args:
+            raise _IdentityCopy()
         self._add_dummies()
         ttype = tensor_type(out_type)
-        out_map = f"affine_map<({self.dims()}) -> ({', '.join(f'd{k}' for k in range(self.n_par))})>"
+        out_dims = ", ".join(f"d{self.loops.index(n)}" for n in self.par)
+        out_map = f"affine_map<({self.dims()}) -> ({out_dims})>"
         maps = ", ".join([o.map for o in self.operands] + [out_map])
-        iters = ", ".join(['"parallel"'] * self.n_par +
-                          ['"reduction"'] * (len(self.loops) - self.n_par))
+        iters = ", ".join('"reduction"' if n in self.red else '"parallel"' for n in self.loops)
         ins = ""
         if self.operands:
             ins = (f" ins({', '.join(o.value for o in self.operands)} : "
