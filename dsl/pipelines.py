@@ -192,6 +192,8 @@ def _run_mlir(text: str, name: str, stages: Sequence[str], wanted: set[str],
                     result.pass_timings.append((label, time.perf_counter() - pass_start))
                 if per_pass_ir:
                     result.pass_ir.append((label, str(module)))
+            if stage_name == "bufferized":
+                copies_to_linalg(module)
             if stage_name == "llvm-dialect":
                 mark_noalias(module, name)
             _verify(module, stage_name, name)
@@ -208,6 +210,31 @@ def _verify(module, stage: str, name: str) -> None:
         raise PipelineError(f"stage '{stage}' of kernel '{name}' does not verify: {exc}") from exc
     if not ok:
         raise PipelineError(f"stage '{stage}' of kernel '{name}' does not verify")
+
+
+def copies_to_linalg(module) -> None:
+    """Rewrite every `memref.copy` (left by bufferization where a statement folds to a plain
+    copy) as `linalg.copy`, which becomes loops: `memref.copy` would call the `memrefCopy`
+    runtime function, which we do not ship."""
+    from mlir import ir
+    from mlir.dialects import linalg
+
+    copies = []
+
+    def collect(op) -> None:
+        for region in op.regions:
+            for block in region.blocks:
+                for child in block.operations:
+                    if child.operation.name == "memref.copy":
+                        copies.append(child)
+                    collect(child.operation)
+
+    collect(module.operation)
+    for op in copies:
+        source, target = op.operands[0], op.operands[1]
+        with ir.InsertionPoint(op), op.location:
+            linalg.copy(source, outs=[target])
+        op.operation.erase()
 
 
 def mark_noalias(module, name: str) -> None:

@@ -228,3 +228,15 @@ def test_reductions(dtype):
         np.testing.assert_allclose(got[op].astype(np.float64),
                                    value.astype(dtype).astype(np.float64),
                                    rtol=1e-3 if dtype is np.float16 else 1e-5, err_msg=op)
+
+
+def test_statement_that_folds_to_a_copy() -> None:
+    """`max(a, a)` folds to `a`: bufferization then copies, which must become loops (a call
+    to the unshipped `memrefCopy` would crash), with strided views too."""
+    import tdsl
+
+    mod = tdsl.loads("kernel k(A: f64[M, N]) -> (y: f64[M, N]) {\n"
+                     "    y[i, j] = max(A[i, j], A[i, j])\n}\n", target="cpu")
+    a = np.random.default_rng(1).uniform(1, 2, (5, 8))
+    np.testing.assert_array_equal(mod.k(a), a)
+    np.testing.assert_array_equal(mod.k(a[::2, 1::3]), a[::2, 1::3])
