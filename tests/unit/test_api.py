@@ -41,7 +41,7 @@ kernel half(x: bf16[N]) -> (y: bf16[N]) {
 }
 """
 
-TARGETS = ["reference"]
+TARGETS = ["reference", "cpu"]
 
 
 @pytest.fixture(scope="module", params=TARGETS)
