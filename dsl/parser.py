@@ -336,9 +336,10 @@ def parse(source: Source) -> ast.Module:
         raise TdslError(source, [_char_error(source, exc)]) from None
     except lark.exceptions.UnexpectedEOF as exc:
         end = len(source.text)
+        expected = set(exc.expected)
         raise TdslError(source, [Diagnostic(
-            Span(end, end), f"unexpected end of file; expected {_expected_text(set(exc.expected))}"
-        )]) from None
+            Span(end, end), f"unexpected end of file; expected {_expected_text(expected)}",
+            _unclosed_hint(source, end, "$END", expected))]) from None
 
 
 def _token_error(source: Source, exc: lark.exceptions.UnexpectedToken) -> Diagnostic:
@@ -360,8 +361,51 @@ def _token_error(source: Source, exc: lark.exceptions.UnexpectedToken) -> Diagno
     hint = None
     if tok.type == "_SEP" and "RBRACE" not in exc.expected:
         hint = "a statement ends at the end of its line; continue it inside ( ) or after '\\'"
+    elif tok.type == "COMPARE" and "COMPARE" not in accepted:
+        hint = "comparisons do not chain: write 'a < b and b < c'"
+    elif tok.type == "NUMBER" and "NAME" in accepted and \
+            source.text[end:end + 1].isalpha():
+        hint = "a name starts with a letter or '_'"
+    else:
+        hint = _unclosed_hint(source, start, tok.type, accepted)
     return Diagnostic(Span(start, max(end, start + 1)),
                       f"{_unexpected_text(tok)}; expected {expected}", hint)
+
+
+_CLOSERS = {"(": ("RPAR", ")"), "[": ("RSQB", "]"), "{": ("RBRACE", "}")}
+
+
+def _unclosed_hint(source: Source, pos: int, tok_type: str, accepted: set[str]) -> str | None:
+    """A hint about brackets when they explain the error: a closer with no opener, or the
+    innermost bracket open at `pos` whose closer is expected where the parser stopped (at the
+    end of the file, at another closing bracket, or for ( and [ on a later line)."""
+    stack: list[int] = []
+    text = source.text
+    n = 0
+    while n < pos:
+        ch = text[n]
+        if ch == "#":
+            end = text.find("\n", n)
+            n = pos if end < 0 else end
+            continue
+        if ch in _CLOSERS:
+            stack.append(n)
+        elif ch in ")]}" and stack:
+            stack.pop()
+        n += 1
+    closing = tok_type in ("RPAR", "RSQB", "RBRACE")
+    top = text[stack[-1]] if stack else None
+    if closing and (top is None or (top == "{" and text[pos] != "}")):
+        opener = next(o for o, (_, c) in _CLOSERS.items() if c == text[pos])
+        return f"this '{text[pos]}' has no matching '{opener}'"
+    if top is None or _CLOSERS[top][0] not in accepted:
+        return None
+    opener = stack[-1]
+    line, col = source.line_col(opener)
+    later = source.line_col(pos)[0] > line and text[opener] != "{"
+    if tok_type == "$END" or closing or later:
+        return f"the '{text[opener]}' at line {line}, column {col} is never closed"
+    return None
 
 
 def _char_error(source: Source, exc: lark.exceptions.UnexpectedCharacters) -> Diagnostic:
@@ -370,5 +414,5 @@ def _char_error(source: Source, exc: lark.exceptions.UnexpectedCharacters) -> Di
     hint = None
     if char.isalpha() or (ord(char or " ") > 127):
         hint = "names use ASCII letters, digits and '_' only"
-    shown = char if char.isprintable() else repr(char)
+    shown = char if char.isprintable() else repr(char)[1:-1]
     return Diagnostic(Span(pos, pos + 1), f"unexpected character '{shown}'", hint)

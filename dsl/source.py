@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import re
 from dataclasses import dataclass, field
 
 
@@ -52,6 +53,8 @@ class Span:
 
 
 NO_SPAN = Span(0, 0)
+QUOTED_WIDTH = 160
+"""The longest part of a source line a diagnostic quotes."""
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,16 @@ class Diagnostic:
         end_line, end_col = source.line_col(max(self.span.start, self.span.end - 1))
         width = (end_col - col + 1) if end_line == line and self.span.end > self.span.start else 1
         width = max(1, min(width, max(1, len(text) - col + 1)))
-        prefix = "".join(ch if ch == "\t" else " " for ch in text[: col - 1])
+        before, shown = col - 1, text
+        if len(text) > QUOTED_WIDTH:  # quote a window of a long line around the culprit
+            start = max(0, before - QUOTED_WIDTH // 2)
+            end = min(len(text), start + QUOTED_WIDTH)
+            shown = ("..." if start else "") + text[start:end] + ("..." if end < len(text) else "")
+            before = before - start + (3 if start else 0)
+            width = max(1, min(width, end - (col - 1)))
+        prefix = re.sub(r"[^\t]", " ", shown[:before])
         caret = "^" + "~" * (width - 1)
-        out = [f"{source.filename}:{line}:{col}: {self.severity}: {self.message}", f"    {text}",
+        out = [f"{source.filename}:{line}:{col}: {self.severity}: {self.message}", f"    {shown}",
                f"    {prefix}{caret}"]
         if self.hint:
             out.append(f"    hint: {self.hint}")

@@ -270,7 +270,9 @@ class Affine:
     def provably_nonneg(self) -> bool:
         """True when the form is >= 0 for every non-negative value of its names."""
         low = self._linear_lower_bound()
-        return low is not None and low >= 0
+        # The form's value is an integer, so a lower bound above -1 proves it >= 0
+        # (`N / 2 >= (N - 1) / 2 >= -1/2`).
+        return low is not None and low > -1
 
     def provably_negative(self) -> bool:
         """True when the form is < 0 for every non-negative value of its names."""

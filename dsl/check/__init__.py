@@ -17,7 +17,7 @@ from tdsl import checked as c
 from tdsl.check.context import Reporter, StatementError
 from tdsl.check.exprs import ExprLowering, Scope, Typed
 from tdsl.check.inline import param_dtype, run_body
-from tdsl.check.items import check_items
+from tdsl.check.items import check_items, check_name_free
 from tdsl.check.statements import check_kernel
 from tdsl.parser import parse
 from tdsl.source import Source, TdslError
@@ -32,16 +32,14 @@ def check_source(text: str, filename: str = "<string>") -> c.Program:
 def check_module(module: ast.Module, source: Source) -> c.Program:
     """Check a parsed module."""
     reporter = Reporter(source)
-    fns = check_items(module, reporter)
-    recursive = {d.message.split("'")[1] for d in reporter.diagnostics if "recursively" in
-                 d.message}
+    fns, recursive = check_items(module, reporter)
     usable = {name: fn for name, fn in fns.items() if name not in recursive}
-    for fn in usable.values():
-        _check_fn(fn, usable, reporter)
+    for fn in fns.values():
+        _check_fn(fn, usable, recursive, reporter)
     kernels = []
     for item in module.items:
         if isinstance(item, ast.Kernel):
-            kernel = check_kernel(item, usable, reporter)
+            kernel = check_kernel(item, usable, reporter, recursive)
             if kernel is not None:
                 kernels.append(kernel)
     if reporter.diagnostics:
@@ -49,13 +47,19 @@ def check_module(module: ast.Module, source: Source) -> c.Program:
     return c.Program(tuple(kernels), source.filename, source.text)
 
 
-def _check_fn(fn: ast.Fn, fns: dict[str, ast.Fn], reporter: Reporter) -> None:
-    """Check a fn's body once on its own, so an unused fn still gets its errors."""
-    scope = Scope({}, set(), fns, set())
+def _check_fn(fn: ast.Fn, fns: dict[str, ast.Fn], broken: set[str],
+              reporter: Reporter) -> None:
+    """Check a fn's parameters and body once on its own, so an unused fn still gets its
+    errors (calls of the recursive fns in `broken` are already reported)."""
+    scope = Scope({}, set(), fns, set(), broken_fns=broken, opaque_fns=True)
     low = ExprLowering(scope, reporter)
     try:
         values = {}
         for p in fn.params:
+            check_name_free(p.name, reporter, "a parameter")
+            if p.name.id in values:
+                reporter.error(p.name.span, f"parameter '{p.name.id}' is declared twice")
+                continue
             dtype = param_dtype(low, p)
             values[p.name.id] = Typed(c.Read(p.name.id, (), dtype), dtype, p.span)
         run_body(low, fn, values)

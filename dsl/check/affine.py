@@ -34,6 +34,10 @@ def to_affine(expr: ast.Expr, resolve: Callable[[ast.Name], Affine], reporter: R
         left = to_affine(expr.left, resolve, reporter, what)
         right = to_affine(expr.right, resolve, reporter, what)
         return _combine(expr, left, right, reporter, what)
+    if isinstance(expr, ast.Index) and "subscript" in what:
+        raise reporter.fail(expr.span, f"{what} cannot read tensor '{expr.base.id}': "
+                            "data-dependent indexing is not supported",
+                            "subscripts are affine in indices and shape symbols, e.g. x[i + 1]")
     raise reporter.fail(expr.span, f"{what} must be an affine expression of "
                         f"{'shape symbols' if 'dimension' in what else 'indices, shape symbols'}"
                         " and integers (+, -, * by an integer, / by a positive integer)")

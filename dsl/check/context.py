@@ -32,11 +32,13 @@ class Reporter:
     def __init__(self, source: Source):
         self.source = source
         self.diagnostics: list[Diagnostic] = []
+        self._seen: set[Diagnostic] = set()
 
     def error(self, span: Span, message: str, hint: str | None = None) -> None:
         """Record an error (identical duplicates are dropped)."""
         diag = Diagnostic(span, message, hint)
-        if diag not in self.diagnostics:
+        if diag not in self._seen:
+            self._seen.add(diag)
             self.diagnostics.append(diag)
 
     def fail(self, span: Span, message: str, hint: str | None = None) -> StatementError:
@@ -53,6 +55,13 @@ def nearest(name: str, candidates: Iterable[str]) -> str | None:
     """A hint naming the closest candidate, if any is close."""
     match = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
     return f"did you mean '{match[0]}'?" if match else None
+
+
+def chain(names: list[str], limit: int = 8) -> str:
+    """`a -> b -> c`, shortened in the middle when long."""
+    if len(names) > limit:
+        names = names[:limit - 3] + [f"... ({len(names) - limit + 1} more)"] + names[-2:]
+    return " -> ".join(names)
 
 
 def reserved_kind(name: str) -> str | None:

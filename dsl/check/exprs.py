@@ -209,7 +209,8 @@ class ExprLowering:
         if not consts.fits(value, dtype):
             low, high = dtype.int_range
             raise self.rep.fail(t.span, f"literal {value} does not fit in {dtype} "
-                                f"[{low}, {high}]")
+                                f"[{low}, {high}]", f"a literal takes the dtype of the other "
+                                f"operand ({dtype}); cast that operand to a wider type")
         return int(value)
 
     # ---- leaves ---------------------------------------------------------------------------
@@ -230,7 +231,8 @@ class ExprLowering:
             if name in s.fn_values:
                 return s.fn_values[name]
             raise self.rep.fail(e.span, f"unknown name '{name}' in a fn (a fn sees only its "
-                                "parameters and lets)", nearest(name, s.fn_values))
+                                "parameters and lets)", nearest(name, s.fn_values)
+                                or f"pass '{name}' to the fn as a parameter")
         if name in s.indices:
             return Typed(c.IndexVar(s.indices[name]), DType.I64, e.span)
         if name in s.symbols:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tdsl import ast
+from tdsl import checked as c
+from tdsl.check.context import StatementError, reserved_kind
 from tdsl.check.exprs import ExprLowering, Typed
 from tdsl.types import DType
 
@@ -21,7 +23,8 @@ def inline_call(low: ExprLowering, e: ast.Call, fn: ast.Fn) -> Typed:
                        f"{'s' if len(fn.params) != 1 else ''}, got {len(e.args)}")
     scope.inlined += 1
     if scope.inlined > MAX_INLINED:
-        raise rep.fail(e.span, f"too many fn calls inlined into one statement (more than "
+        site = low.inlining[0] if low.inlining else e
+        raise rep.fail(site.span, f"too many fn calls inlined into one statement (more than "
                        f"{MAX_INLINED})", "split the statement, or call fewer nested fns")
     values: dict[str, Typed] = {}
     for param, arg in zip(fn.params, e.args):
@@ -29,7 +32,17 @@ def inline_call(low: ExprLowering, e: ast.Call, fn: ast.Fn) -> Typed:
         typed = low.lower(arg)
         expr = low.coerce(typed, dtype, f"argument '{param.name.id}' of '{fn.name.id}'")
         values[param.name.id] = Typed(expr, dtype, arg.span)
-    result = run_body(low, fn, values)
+    if scope.opaque_fns:
+        # A fn checked on its own treats its callees as opaque: they are checked on their own.
+        dtype = DType.parse(fn.result.dtype.id)
+        if dtype is None or fn.result.dims is not None:
+            raise StatementError(fn.name.id)
+        return Typed(c.Read(f"{fn.name.id}(...)", (), dtype), dtype, e.span)
+    low.inlining.append(e)
+    try:
+        result = run_body(low, fn, values)
+    finally:
+        low.inlining.pop()
     return replace(result, span=e.span)
 
 
@@ -65,7 +78,8 @@ def run_body(low: ExprLowering, fn: ast.Fn, values: dict[str, Typed]) -> Typed:
             else:
                 raise rep.fail(stmt.span, "a fn body holds 'let' bindings and a 'return'")
         if returned is None:
-            raise rep.fail(fn.span, f"fn '{fn.name.id}' has no 'return'")
+            raise rep.fail(fn.name.span, f"fn '{fn.name.id}' has no 'return'",
+                           "end its body with 'return EXPR'")
         return Typed(returned, result_dtype, fn.span)
     finally:
         scope.fn_values = saved
@@ -74,6 +88,10 @@ def run_body(low: ExprLowering, fn: ast.Fn, values: dict[str, Typed]) -> Typed:
 def _let(low: ExprLowering, stmt: ast.Let) -> None:
     scope = low.scope
     assert scope.fn_values is not None
+    kind = reserved_kind(stmt.name.id)
+    if kind is not None:
+        raise low.rep.fail(stmt.name.span, f"'{stmt.name.id}' is {kind} and cannot be defined",
+                           "choose another name")
     if stmt.name.id in scope.fn_values:
         raise low.rep.fail(stmt.name.span, f"'{stmt.name.id}' is already defined in this fn")
     value = low.lower(stmt.value)

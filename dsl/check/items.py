@@ -3,11 +3,12 @@ and the call graph of `fn`s (recursion is an error, since fns are inlined)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tdsl import ast
 from tdsl.check.affine import to_affine
-from tdsl.check.context import Reporter, StatementError, nearest, reserved_kind
+from tdsl.check.context import Reporter, StatementError, chain, nearest, reserved_kind
+from tdsl.check.order import names_read
 from tdsl.runtime.signature import Param, SymbolSource
 from tdsl.source import Span
 from tdsl.types import DTYPE_NAMES, Affine, DType, TensorType
@@ -22,6 +23,10 @@ class Header:
     symbols: list[SymbolSource]
     symbol_spans: dict[str, Span]
     ok: bool = True
+    # Parameters whose declaration has an error, and the names their dimensions mention:
+    # later uses of them are not reported again.
+    lost: set[str] = field(default_factory=set)
+    lost_symbols: set[str] = field(default_factory=set)
 
     @property
     def bound(self) -> set[str]:
@@ -39,8 +44,9 @@ def check_name_free(name: ast.Name, reporter: Reporter, what: str) -> bool:
     return False
 
 
-def check_items(module: ast.Module, reporter: Reporter) -> dict[str, ast.Fn]:
-    """Report duplicate or reserved item names and recursive fns; return the fns by name."""
+def check_items(module: ast.Module, reporter: Reporter) -> tuple[dict[str, ast.Fn], set[str]]:
+    """Report duplicate or reserved item names and recursive fns; return the fns by name and
+    the names of the recursive ones."""
     seen: dict[str, ast.Kernel | ast.Fn] = {}
     for item in module.items:
         what = "a kernel" if isinstance(item, ast.Kernel) else "a fn"
@@ -53,8 +59,7 @@ def check_items(module: ast.Module, reporter: Reporter) -> dict[str, ast.Fn]:
             continue
         seen[item.name.id] = item
     fns = {name: item for name, item in seen.items() if isinstance(item, ast.Fn)}
-    _check_recursion(fns, reporter)
-    return fns
+    return fns, _check_recursion(fns, reporter)
 
 
 def _calls(node: object) -> list[ast.Name]:
@@ -71,26 +76,34 @@ def _calls(node: object) -> list[ast.Name]:
     return found
 
 
-def _check_recursion(fns: dict[str, ast.Fn], reporter: Reporter) -> None:
+def _check_recursion(fns: dict[str, ast.Fn], reporter: Reporter) -> set[str]:
+    """Report each call that closes a cycle of fn calls; return the names of fns on a cycle.
+    Depth-first without recursion, so a long chain of fns cannot overflow the stack."""
     graph = {name: [c for c in _calls(fn.body) if c.id in fns] for name, fn in fns.items()}
     state: dict[str, int] = {}
-
-    def visit(name: str, path: list[str]) -> None:
-        state[name] = 1
-        for call in graph[name]:
-            if state.get(call.id) == 1:
-                cycle = path[path.index(call.id):] + [name, call.id] if call.id in path else [
-                    name, call.id]
+    recursive: set[str] = set()
+    for root in fns:
+        if root in state:
+            continue
+        state[root] = 1
+        path = [root]
+        pending = [iter(graph[root])]
+        while path:
+            call = next(pending[-1], None)
+            if call is None:
+                state[path.pop()] = 2
+                pending.pop()
+            elif state.get(call.id) == 1:
+                cycle = path[path.index(call.id):]
+                recursive.update(cycle)
                 reporter.error(call.span, f"fn '{call.id}' is called recursively "
-                               f"({' -> '.join(dict.fromkeys(cycle))} -> {call.id})",
+                               f"({chain([*cycle, call.id])})",
                                "fns are inlined at every use and cannot recurse")
             elif state.get(call.id) is None:
-                visit(call.id, path + [name])
-        state[name] = 2
-
-    for name in fns:
-        if name not in state:
-            visit(name, [])
+                state[call.id] = 1
+                path.append(call.id)
+                pending.append(iter(graph[call.id]))
+    return recursive
 
 
 def tensor_type(texpr: ast.TypeExpr, reporter: Reporter, symbol_ok) -> TensorType:
@@ -127,6 +140,9 @@ def check_header(kernel: ast.Kernel, reporter: Reporter) -> Header:
                 param = _param(p, names, reporter, symbol_ok)
             except StatementError:
                 header.ok = False
+                header.lost.add(p.name.id)
+                if group == "input":
+                    header.lost_symbols |= names_read(p.type.dims or ())
                 continue
             (header.inputs if group == "input" else header.outputs).append(param)
     for index, param in enumerate(header.inputs):
@@ -153,7 +169,7 @@ def _check_symbols(kernel: ast.Kernel, header: Header, names: dict[str, Span],
         if symbol in names:
             reporter.error(span, f"'{symbol}' names both a parameter and a shape symbol")
             header.ok = False
-        elif symbol not in header.bound:
+        elif symbol not in header.bound and symbol not in header.lost_symbols:
             header.ok = False
             reporter.error(span, f"shape symbol '{symbol}' is not bound: no input has a "
                            f"dimension that is exactly '{symbol}'",

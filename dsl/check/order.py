@@ -4,7 +4,7 @@ tensor is written before it is read. A cycle is an error."""
 from __future__ import annotations
 
 from tdsl import ast
-from tdsl.check.context import Reporter
+from tdsl.check.context import Reporter, chain
 
 
 def names_read(node: object) -> set[str]:
@@ -40,22 +40,30 @@ def dependence_order(stmts: list[ast.Stmt], reporter: Reporter) -> list[ast.Stmt
     order: list[int] = []
     state: dict[int, int] = {}
     on_cycle: set[int] = set()
-
-    def visit(n: int, path: list[int]) -> None:
-        state[n] = 1
-        for d in sorted(deps[n]):
-            if state.get(d) == 1:
-                cycle = path[path.index(d):] + [n] if d in path else [n]
-                on_cycle.update(cycle + [d])
+    for root in range(len(stmts)):
+        if root in state:
+            continue
+        # Depth-first without recursion (a long chain of statements must not overflow the
+        # stack): `path` holds the statements being visited, each with its remaining deps.
+        state[root] = 1
+        path: list[int] = [root]
+        pending = [iter(sorted(deps[root]))]
+        while path:
+            n = path[-1]
+            d = next(pending[-1], None)
+            if d is None:
+                state[n] = 2
+                order.append(n)
+                path.pop()
+                pending.pop()
+            elif state.get(d) == 1:
+                cycle = path[path.index(d):]
+                on_cycle.update(cycle)
                 _report_cycle(stmts, cycle, d, reporter)
             elif state.get(d) is None:
-                visit(d, path + [n])
-        state[n] = 2
-        order.append(n)
-
-    for n in range(len(stmts)):
-        if n not in state:
-            visit(n, [])
+                state[d] = 1
+                path.append(d)
+                pending.append(iter(sorted(deps[d])))
     return [stmts[n] for n in order if n not in on_cycle]
 
 
@@ -69,4 +77,5 @@ def _report_cycle(stmts: list[ast.Stmt], cycle: list[int], back: int, reporter: 
         return
     names = [target_of(stmts[n]).id for n in cycle] + [target_of(stmts[back]).id]
     reporter.error(target_of(first).span, "statements depend on each other in a cycle: "
-                   + " -> ".join(names))
+                   + chain(names), "tdsl has no recursion: compute one of them without "
+                   "reading the others")

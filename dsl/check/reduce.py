@@ -41,13 +41,15 @@ def lower_reduce(low: ExprLowering, e: ast.Reduce) -> Typed:
         raise rep.fail(e.body.span, f"'{op}' of bool values", "cast them, e.g. i32(...)")
     body_expr = low.concrete(body)
     if op == "mean" and not body_expr.dtype.is_float:
+        indices = ", ".join(rep.text(sub.span) for sub in e.indices)
         raise rep.fail(e.body.span, f"'mean' of {body_expr.dtype} values needs floats",
-                       "cast the body, e.g. mean[...](f32(...))")
+                       f"cast the body: mean[{indices}](f32({low._snippet(e.body.span)}))")
     found = scope.evidence[first_evidence:]
     extents = tuple(_infer(low, n, declared[n], found, sub.span)
                     for n, sub in zip(names, e.indices))
     for n, ext in zip(names, extents):
         scope.extents[n] = ext
+    scope.reduced.update(names)
     node = c.Reduce(op, tuple(names), extents, body_expr, body_expr.dtype)
     return Typed(node, body_expr.dtype, e.span)
 
@@ -92,15 +94,16 @@ def _infer(low: ExprLowering, index: str, declared: Affine | None, found: list[E
     if declared is not None:
         return declared
     mine = [ev for ev in found if ev.index == index]
+    written = low.scope.written(index)
     if not mine:
-        raise low.rep.fail(span, f"cannot infer the range of index '{index}': it never "
+        raise low.rep.fail(span, f"cannot infer the range of index '{written}': it never "
                            "indexes a dimension on its own",
-                           f"give its extent: [{index}: 3] or [{index}: N]")
-    check_agreement(low, mine)
+                           f"give its extent: [{written}: 3] or [{written}: N]")
+    check_agreement(low, mine, f"give the range explicitly, e.g. [{written}: {mine[0].size}]")
     return mine[0].size
 
 
-def check_agreement(low: ExprLowering, evidence: list[Evidence]) -> None:
+def check_agreement(low: ExprLowering, evidence: list[Evidence], hint: str) -> None:
     """Every dimension an index runs over must have one size: an error when they provably
     differ, else an equality checked at the call."""
     scope: Scope = low.scope
@@ -110,7 +113,8 @@ def check_agreement(low: ExprLowering, evidence: list[Evidence]) -> None:
             continue
         diff = other.size - first.size
         if diff.is_const:
-            raise low.rep.fail(other.span, f"index '{other.index}' runs over {first.size} "
-                               f"('{first.tensor}' dimension {first.dim}) but indexes "
-                               f"dimension {other.dim} of '{other.tensor}' of size {other.size}")
+            raise low.rep.fail(other.span, f"index '{scope.written(other.index)}' runs over "
+                               f"dimension {first.dim} of '{first.tensor}' (size {first.size}) "
+                               f"and dimension {other.dim} of '{other.tensor}' (size "
+                               f"{other.size}), which differ", hint)
         scope.equalities.append((first, other))

@@ -6,28 +6,37 @@ from __future__ import annotations
 from tdsl import ast
 from tdsl import checked as c
 from tdsl.check.bounds import check_accesses
-from tdsl.check.context import Reporter, StatementError, reserved_kind
+from tdsl.check.context import (
+    BINARY_BUILTINS,
+    REDUCTIONS,
+    Reporter,
+    StatementError,
+    reserved_kind,
+)
 from tdsl.check.exprs import Evidence, ExprLowering, Scope
 from tdsl.check.items import Header, check_header, tensor_type
 from tdsl.check.order import dependence_order, names_read, target_of
 from tdsl.check.reduce import check_agreement
 from tdsl.runtime.signature import Condition, Signature
-from tdsl.types import Affine, TensorType
+from tdsl.source import Span
+from tdsl.types import Affine, DType, TensorType
 
 
 class KernelChecker:
     """Checks one kernel; diagnostics go to the reporter, the result is a checked kernel."""
 
-    def __init__(self, kernel: ast.Kernel, fns: dict[str, ast.Fn], reporter: Reporter):
+    def __init__(self, kernel: ast.Kernel, fns: dict[str, ast.Fn], reporter: Reporter,
+                 broken_fns: set[str] | None = None):
         self.kernel = kernel
         self.fns = fns
+        self.broken_fns = broken_fns or set()
         self.rep = reporter
         self.header: Header = check_header(kernel, reporter)
         self.outputs = {p.name: p.type for p in self.header.outputs}
         self.inputs = {p.name: p.type for p in self.header.inputs}
         self.tensors: dict[str, TensorType] = {**self.inputs, **self.outputs}
-        self.symbols = set(self.header.bound)
-        self.poisoned: set[str] = set()
+        self.symbols = self.header.bound | self.header.lost_symbols
+        self.poisoned: set[str] = set(self.header.lost)
         self.conditions: list[Condition] = []
         self.locals: list[c.Local] = []
 
@@ -69,13 +78,16 @@ class KernelChecker:
 
     def _target_ok(self, target: ast.Name, seen: dict[str, ast.Stmt]) -> bool:
         name = target.id
+        if name in self.header.lost:  # a parameter with an error, already reported
+            return False
         kind = reserved_kind(name)
-        problem = None
+        problem = hint = None
         if kind is not None:
-            problem = f"'{name}' is {kind} and cannot be defined"
+            problem, hint = f"'{name}' is {kind} and cannot be defined", "choose another name"
         elif name in self.inputs:
             problem = f"cannot assign to input '{name}'"
-        elif name in self.symbols:
+            hint = f"inputs are read-only; define a new tensor, e.g. '{name}2'"
+        elif name in self.symbols and name not in self.outputs:
             problem = f"'{name}' is a shape symbol and cannot be defined"
         elif name in seen:
             line, _ = self.rep.source.line_col(seen[name].span.start)
@@ -83,14 +95,14 @@ class KernelChecker:
                            "each name is defined once (single assignment)")
             return False
         if problem:
-            self.rep.error(target.span, problem)
+            self.rep.error(target.span, problem, hint)
             return False
         return True
 
     # ---- one statement --------------------------------------------------------------------
     def _scope(self, reserved: set[str]) -> Scope:
         return Scope(dict(self.tensors), self.symbols, self.fns, self.poisoned,
-                     reserved_indices=reserved)
+                     reserved_indices=reserved, broken_fns=self.broken_fns)
 
     def _declared_type(self, stmt: ast.Define | ast.Let) -> TensorType | None:
         name = target_of(stmt).id
@@ -131,7 +143,12 @@ class KernelChecker:
         if declared is not None:
             scope.extents.update(zip(indices, declared.shape))
         low = ExprLowering(scope, self.rep)
-        value = low.lower(stmt.value)
+        try:
+            value = low.lower(stmt.value)
+        except StatementError:
+            if declared is not None:  # the subscripts that did lower may still be out of range
+                check_accesses(scope, self.rep, self._shrink_hint(name, declared.dtype))
+            raise
         if declared is not None:
             expr = low.coerce(value, declared.dtype, f"value of '{name}'")
             extents = declared.shape
@@ -139,11 +156,14 @@ class KernelChecker:
             expr = low.concrete(value)
             extents = tuple(self._infer_lhs(low, stmt, idx, scope.evidence) for idx in indices)
             scope.extents.update(zip(indices, extents))
-        hint = (f"annotate the local, e.g. '{name}[...]: {expr.dtype}[...smaller...] = ...'"
-                if name not in self.outputs else "shrink the output's dimension")
-        self.conditions += check_accesses(scope, self.rep, hint)
+        self.conditions += check_accesses(scope, self.rep, self._shrink_hint(name, expr.dtype))
         self._register(name, declared or TensorType(expr.dtype, extents), stmt)
         return c.Statement(name, indices, extents, expr)
+
+    def _shrink_hint(self, name: str, dtype: DType) -> str:
+        if name in self.outputs:
+            return "shrink the output's dimension"
+        return f"annotate the local, e.g. '{name}[...]: {dtype}[...smaller...] = ...'"
 
     def _declare_lhs_index(self, idx: ast.Expr, scope: Scope) -> None:
         if not isinstance(idx, ast.Name):
@@ -168,29 +188,37 @@ class KernelChecker:
             raise self.rep.fail(span, f"cannot infer the range of index '{index}' of "
                                 f"'{stmt.target.id}': it never indexes a dimension on its own",
                                 f"annotate it: {stmt.target.id}[...]: f32[N, ...] = ...")
-        check_agreement(low, mine)
+        check_agreement(low, mine, f"annotate the shape of '{stmt.target.id}', e.g. "
+                        f"{stmt.target.id}[...]: f32[N, ...] = ...")
         return mine[0].size
 
     def _whole(self, stmt: ast.Define | ast.Let, target: ast.Name,
                declared: TensorType | None, let: bool = False) -> c.Statement:
         name = target.id
         scope = self._scope(names_read(stmt.value))
-        operands = {} if let else self._broadcast_operands(stmt.value)
-        shape = self._broadcast_shape(operands, declared, target)
+        operands, spans = ({}, {}) if let else self._broadcast_operands(stmt.value)
+        shape = self._broadcast_shape(operands, spans, declared, target)
         indices = tuple(scope.fresh_index(f"_d{k}", generated=True) for k in range(len(shape)))
         scope.whole = {n: _broadcast_subscripts(t.shape, shape, indices)
                        for n, t in operands.items()}
         scope.extents.update(zip(indices, shape))
         low = ExprLowering(scope, self.rep)
-        value = low.lower(stmt.value)
+        try:
+            value = low.lower(stmt.value)
+        except StatementError:  # the subscripts that did lower may still be out of range
+            check_accesses(scope, self.rep, "shrink the target's dimension")
+            raise
         expr = (low.coerce(value, declared.dtype, f"value of '{name}'") if declared is not None
                 else low.concrete(value))
         self.conditions += check_accesses(scope, self.rep, "shrink the target's dimension")
         self._register(name, declared or TensorType(expr.dtype, shape), stmt)
         return c.Statement(name, indices, shape, expr)
 
-    def _broadcast_operands(self, value: ast.Expr) -> dict[str, TensorType]:
+    def _broadcast_operands(self, value: ast.Expr) -> tuple[dict[str, TensorType],
+                                                            dict[str, Span]]:
+        """The whole tensors a whole-tensor statement combines, and where each first occurs."""
         found: dict[str, TensorType] = {}
+        spans: dict[str, Span] = {}
         stack: list[object] = [value]
         while stack:
             cur = stack.pop()
@@ -198,26 +226,28 @@ class KernelChecker:
                 ttype = self.tensors.get(cur.id)
                 if ttype is not None and ttype.rank > 0:
                     found.setdefault(cur.id, ttype)
+                    spans[cur.id] = min(spans.get(cur.id, cur.span), cur.span,
+                                        key=lambda sp: sp.start)
             elif isinstance(cur, ast.Index):
                 stack.extend(s.expr for s in cur.subscripts)
             elif isinstance(cur, ast.Reduce):
                 stack.append(cur.body)
-            elif isinstance(cur, ast.Call):
+            elif isinstance(cur, ast.Call) and not _reduction_as_call(cur):
                 stack.extend(cur.args)
             elif isinstance(cur, ast.Unary):
                 stack.append(cur.operand)
             elif isinstance(cur, ast.Binary):
                 stack.extend((cur.left, cur.right))
-        return found
+        return found, spans
 
-    def _broadcast_shape(self, operands: dict[str, TensorType], declared: TensorType | None,
-                         target: ast.Name) -> tuple[Affine, ...]:
+    def _broadcast_shape(self, operands: dict[str, TensorType], spans: dict[str, Span],
+                         declared: TensorType | None, target: ast.Name) -> tuple[Affine, ...]:
         shape: list[Affine] = list(declared.shape) if declared is not None else []
         origin = [f"'{target.id}'"] * len(shape)
         for name, ttype in operands.items():
             if declared is not None and ttype.rank > declared.rank:
-                raise self.rep.fail(target.span, f"'{name}' ({ttype}) has more dimensions than "
-                                    f"'{target.id}' ({declared})")
+                raise self.rep.fail(spans[name], f"'{name}' ({ttype}) has more dimensions "
+                                    f"than '{target.id}' ({declared})")
             if len(shape) < ttype.rank:
                 pad = ttype.rank - len(shape)
                 shape = list(ttype.shape[:pad]) + shape
@@ -226,11 +256,11 @@ class KernelChecker:
             for k, size in enumerate(ttype.shape):
                 m = k + offset
                 shape[m], origin[m] = self._broadcast_dim(shape[m], size, origin[m], name, k,
-                                                          target, declared is not None)
+                                                          spans[name], declared is not None)
         return tuple(shape)
 
     def _broadcast_dim(self, have: Affine, size: Affine, have_from: str, name: str, k: int,
-                       target: ast.Name, fixed: bool) -> tuple[Affine, str]:
+                       span: Span, fixed: bool) -> tuple[Affine, str]:
         one = Affine.of(1)
         if size == have or size == one:
             return have, have_from
@@ -238,7 +268,7 @@ class KernelChecker:
             return size, f"'{name}'"
         diff = size - have
         if diff.is_const:
-            raise self.rep.fail(target.span, f"cannot broadcast '{name}' dimension {k} ({size}) "
+            raise self.rep.fail(span, f"cannot broadcast '{name}' dimension {k} ({size}) "
                                 f"against {have_from} ({have})",
                                 "sizes must be equal or 1; use index notation to say more")
         self.conditions.append(Condition(
@@ -273,6 +303,12 @@ class KernelChecker:
         return c.Kernel(sig, kernel.locals, kernel.statements, fingerprint)
 
 
+def _reduction_as_call(call: ast.Call) -> bool:
+    """`sum(x)` or `max(x)`: an error the lowering explains; its argument is no operand."""
+    name = call.func.id
+    return name in REDUCTIONS and (name not in BINARY_BUILTINS or len(call.args) == 1)
+
+
 def _broadcast_subscripts(shape: tuple[Affine, ...], result: tuple[Affine, ...],
                           indices: tuple[str, ...]) -> tuple[Affine, ...]:
     offset = len(result) - len(shape)
@@ -284,7 +320,8 @@ def _broadcast_subscripts(shape: tuple[Affine, ...], result: tuple[Affine, ...],
     return tuple(subs)
 
 
-def check_kernel(kernel: ast.Kernel, fns: dict[str, ast.Fn], reporter: Reporter
-                 ) -> c.Kernel | None:
-    """Check one kernel; None when it has errors (they are in the reporter)."""
-    return KernelChecker(kernel, fns, reporter).check()
+def check_kernel(kernel: ast.Kernel, fns: dict[str, ast.Fn], reporter: Reporter,
+                 broken_fns: set[str] | None = None) -> c.Kernel | None:
+    """Check one kernel; None when it has errors (they are in the reporter). Calls of the
+    `broken_fns` (recursive, already reported) abandon their statement silently."""
+    return KernelChecker(kernel, fns, reporter, broken_fns).check()
