@@ -102,7 +102,7 @@ class TdslError(Exception):
         super().__init__(self.render())
 
     def render(self) -> str:
-        """Every diagnostic, rendered, separated by blank lines."""
+        """Every diagnostic, rendered, one after the other in source order."""
         return "\n".join(d.render(self.source) for d in self.diagnostics)
 
 
