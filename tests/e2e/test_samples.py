@@ -18,8 +18,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import tdsl  # noqa: E402
 from sample_cases import CASES, SAMPLES, Case, tolerance  # noqa: E402
+
+import tdsl  # noqa: E402
 
 # The samples run on every target named in TDSL_TEST_TARGETS (default: the reference
 # interpreter and the CPU compiler).
