@@ -57,7 +57,7 @@ def test_run_reference(capsys):
     assert "softmax(x: f32[B, N]) -> (y: f32[B, N])" in out
     assert "x float32[3, 5]" in out
     assert "y: float32[3, 5] min" in out
-    assert "time: first call" in out
+    assert "time: load" in out and "first call" in out
 
 
 def test_run_picks_kernel_and_reports_unknown(capsys):
