@@ -8,8 +8,9 @@ import sys
 
 from tdsl.runtime.signature import Signature
 
-EMIT_CHOICES = ("ast", "checked", "mlir", "fused", "bufferized", "loops", "llvm-dialect",
-                "llvm", "asm", "obj", "header", "so")
+EMIT_CHOICES = ("ast", "checked", "mlir", "vector-math", "fused", "bufferized", "loops",
+                "openmp", "llvm-dialect", "llvm", "asm", "obj", "header", "so")
+GPU_EMIT_CHOICES = ("mapped", "gpu", "nvvm", "ptx", "host")  # --target cuda only
 
 
 def add_compile_commands(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +21,14 @@ def add_compile_commands(sub: argparse._SubParsersAction) -> None:
         "every kernel and its signatures (load it with tdsl.load_library). Stages in order: "
         + ", ".join(EMIT_CHOICES[:-2]) + "; 'header' is a C header for the library.")
     comp.add_argument("file", metavar="FILE")
-    comp.add_argument("--emit", "-e", choices=EMIT_CHOICES, default=None,
-                      help="what to produce (default: 'so' with -o, else 'llvm')")
+    comp.add_argument("--emit", "-e", choices=EMIT_CHOICES + GPU_EMIT_CHOICES, default=None,
+                      help="what to produce (default: 'so' with -o, else 'llvm'; 'ptx' for "
+                      "--target cuda, whose stages are mlir, fused, bufferized, loops, "
+                      "mapped, gpu, nvvm, ptx, host, llvm)")
+    comp.add_argument("--target", "-t", choices=("cpu", "cuda"), default="cpu",
+                      help="compile for the host CPU (default) or for CUDA GPUs")
+    comp.add_argument("--arch", default=None,
+                      help="GPU architecture for --target cuda (default sm_80)")
     comp.add_argument("--kernel", "-k", help="only this kernel (default: every kernel)")
     comp.add_argument("-o", "--output", help="write to this file instead of stdout")
     comp.add_argument("--print-ir-after-all", action="store_true",
@@ -45,7 +52,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from tdsl.source import Source
 
     text = _read(args.file)
-    emit = args.emit or ("so" if args.output else "llvm")
+    emit = args.emit or ("ptx" if args.target == "cuda" else "so" if args.output else "llvm")
+    if args.target != "cuda" and (emit in GPU_EMIT_CHOICES or args.arch):
+        raise UsageError(f"--emit {emit} and --arch need --target cuda")
     if emit == "ast":
         return _write(args.output, dump_ast(parse(Source(text, args.file))))
     program = check_source(text, args.file)
@@ -57,6 +66,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return _write(args.output, "\n\n".join(dump_checked(k) for k in kernels))
     if emit == "header":
         return _write(args.output, c_header([k.signature for k in program.kernels]))
+    if args.target == "cuda":
+        from tdsl.gpu_pipeline import DEFAULT_ARCH, emit_cuda
+
+        return _write(args.output, emit_cuda(program, emit, args.kernel, args.arch or
+                                             DEFAULT_ARCH))
     if emit == "so":
         if not args.output:
             raise UsageError("--emit so needs -o LIBRARY.so")
