@@ -43,6 +43,19 @@ def metadata_object(text: str) -> bytes:
     return cg.emit_object(cg.parse(metadata_ir(text)))
 
 
+def _openmp_flags(objects: list[bytes]) -> list[str]:
+    """Linker flags for libomp (with an rpath to it) when an object calls it."""
+    if not any(b"__kmpc_" in data for data in objects):
+        return []
+    from tdsl.runtime import threads
+
+    path = threads.libomp_path()
+    if path is None:
+        raise LinkError("kernels call libomp, but it is not installed (pip install cmeel-libomp)")
+    folder = os.path.dirname(path)
+    return [f"-L{folder}", "-lomp", f"-Wl,-rpath,{folder}"]
+
+
 def link_shared(objects: list[bytes], output: str | os.PathLike[str]) -> Path:
     """Link host object files into a shared library at `output` (written atomically)."""
     linker = find_linker()
@@ -58,7 +71,7 @@ def link_shared(objects: list[bytes], output: str | os.PathLike[str]) -> Path:
             path.write_bytes(data)
             paths.append(str(path))
         staged = Path(tmp) / output.name
-        cmd = [linker, "-shared", "-o", str(staged), *paths, "-lm"]
+        cmd = [linker, "-shared", "-o", str(staged), *paths, "-lm", *_openmp_flags(objects)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             raise LinkError(f"linking {output.name} failed: {done.stderr.strip()[:2000]}")

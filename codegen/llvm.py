@@ -29,8 +29,9 @@ _LIBM_BASE = ("exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt", "
               "cos", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "tanh", "asinh",
               "acosh", "atanh", "erf", "erfc", "pow", "fmod", "floor", "ceil", "round", "trunc",
               "rint", "nearbyint", "fabs", "copysign", "fmin", "fmax", "hypot", "ldexp", "frexp")
-_LIBM = frozenset(n + suffix for n in _LIBM_BASE for suffix in ("", "f"))
+_LIBM = frozenset(n + suffix for n in _LIBM_BASE + ("fma",) for suffix in ("", "f"))
 KNOWN_EXTERNALS = _LIBC | _LIBM
+OPENMP_PREFIXES = ("__kmpc_", "omp_")  # libomp's entry points (tdsl.runtime.threads)
 
 
 # Compile time versus code: the loop vectorizer stays on (with interleaving, which gives
@@ -59,6 +60,10 @@ def _init() -> None:
         libm = ctypes.util.find_library("m")
         if libm:
             llvm.load_library_permanently(libm)
+        from tdsl.runtime import threads
+
+        if threads.load() is not None:  # the JIT resolves __kmpc_* from the process's libomp
+            llvm.load_library_permanently(threads.libomp_path())
         _STATE["ready"] = True
 
 
@@ -131,7 +136,7 @@ def check_externals(mod: llvm.ModuleRef, provided: frozenset[str] = frozenset())
     for name in external_functions(mod):
         if name in provided:
             continue
-        if name not in KNOWN_EXTERNALS:
+        if name not in KNOWN_EXTERNALS and not name.startswith(OPENMP_PREFIXES):
             raise CodegenError(f"generated code calls unknown external function '{name}'")
         if not llvm.address_of_symbol(name):
             raise CodegenError(f"external function '{name}' is not available in this process")
@@ -142,6 +147,11 @@ def check_externals(mod: llvm.ModuleRef, provided: frozenset[str] = frozenset())
             libname = m.group(1) + ("f" if m.group(2) == "f32" else "")
             if not llvm.address_of_symbol(libname):
                 raise CodegenError(f"'{f.name}' needs '{libname}', not found in this process")
+
+
+def uses_openmp(mod: llvm.ModuleRef) -> bool:
+    """True when the module calls libomp (a kernel with a parallel loop)."""
+    return any(name.startswith(OPENMP_PREFIXES) for name in external_functions(mod))
 
 
 def optimize_ir(llvm_ir: str) -> llvm.ModuleRef:

@@ -139,8 +139,17 @@ def loads(source: str, target: str = DEFAULT_TARGET, filename: str = "<string>")
 def load(path: str | os.PathLike[str], target: str = DEFAULT_TARGET) -> Module:
     """Read, check and prepare a `.tdsl` file (see `loads`)."""
     _check_target(target)
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a located diagnostic, like any other source error
+        from tdsl.source import Diagnostic, Source, Span, TdslError
+
+        text = data.decode("utf-8", errors="replace")
+        at = len(data[:exc.start].decode("utf-8", errors="replace"))
+        raise TdslError(Source(text, os.fspath(path)), [Diagnostic(
+            Span(at, at + 1), f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
     return loads(text, target, os.fspath(path))
 
 
@@ -148,7 +157,7 @@ def _cache_usable() -> bool:
     from tdsl.codegen.link import find_linker
     from tdsl.runtime import cache
 
-    return cache.enabled() and find_linker() is not None
+    return cache.enabled() and find_linker() is not None and cache.usable()
 
 
 def _load_cached_cpu(source: str, filename: str) -> Module:

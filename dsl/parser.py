@@ -20,6 +20,8 @@ MAX_DEPTH = 200
 """Deepest expression nesting accepted; deeper programs get a clean 'too deep' error."""
 MAX_SOURCE_CHARS = 10_000_000
 """Longest source text accepted."""
+_TOO_LARGE = 1 << 64
+"""The value given to an integer literal of over 1000 digits (an error when checked)."""
 
 
 class _TooDeep(Exception):
@@ -151,7 +153,9 @@ class _ToAst(Transformer):
             return ast.Number(int(text, 16), False, span)
         if any(c in text for c in ".eE"):
             return ast.Number(float(text), True, span)
-        return ast.Number(int(text), False, span)
+        if len(text.lstrip("0")) > 1000:  # far beyond i64 (the checker says so); Python
+            return ast.Number(_TOO_LARGE, False, span)  # refuses int() of 4300+ digits
+        return ast.Number(int(text.lstrip("0") or "0"), False, span)
 
     def true(self, ch):
         return ast.BoolLit(True, _span(ch))

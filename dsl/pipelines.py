@@ -5,9 +5,11 @@ CPU stages (each prints as `tdsl compile FILE --emit STAGE`):
 | stage          | what it holds                            | how it is made                      |
 |----------------|------------------------------------------|-------------------------------------|
 | `mlir`         | linalg on tensors                        | `tdsl.to_mlir.kernel_to_mlir`       |
+| `vector-math`  | transcendentals as branch-free arith     | `tdsl.vector_math_pass`             |
 | `fused`        | canonicalized, elementwise ops fused     | MLIR passes                         |
 | `bufferized`   | linalg on memrefs, temporaries freed     | MLIR passes                         |
-| `loops`        | scf loops of memref loads and stores     | MLIR passes                         |
+| `loops`        | scf loops; outermost parallel kept       | MLIR passes, `tdsl.parallel_loops`  |
+| `openmp`       | omp.parallel with a work threshold       | MLIR pass, `tdsl.parallel_loops`    |
 | `llvm-dialect` | the LLVM dialect                         | MLIR passes, then `noalias` args    |
 | `llvm`         | LLVM IR after O3 (vectorized loops)      | translation, entry wrapper, llvmlite|
 | `asm`          | host assembly                            | llvmlite                            |
@@ -25,6 +27,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from tdsl.schedules import apply_schedule, lower_vectors, strip_schedules
 
 if TYPE_CHECKING:
     from tdsl.checked import Kernel
@@ -46,26 +50,37 @@ class Stage:
 
 CPU_STAGES: tuple[Stage, ...] = (
     Stage("mlir", "linalg.generic on tensors, as emitted from the checked kernel"),
-    Stage("fused", "canonicalized; single-use elementwise producers fused into consumers",
+    Stage("vector-math", "math.exp/log/tanh/erf/sin/cos/powf expanded into branch-free arith "
+          "(tdsl.vector_math), so that loops of them vectorize"),
+    Stage("fused", "canonicalized; single-use elementwise producers fused into consumers; the "
+          "kernel's schedule (tdsl.schedules: row-wise fusion, tiled contractions) applied and "
+          "shown as @tdsl_schedule",
           ("canonicalize", "cse", "func.func(linalg-fuse-elementwise-ops)", "canonicalize",
            "cse")),
     Stage("bufferized", "linalg on memrefs; temporaries allocated and freed",
           ("eliminate-empty-tensors", "one-shot-bufferize", "canonicalize", "cse",
+           "func.func(buffer-loop-hoisting)",
+           "func.func(promote-buffers-to-stack{max-alloc-size-in-bytes=512})",
            "buffer-deallocation-pipeline",
            "canonicalize")),
-    Stage("loops", "scf.for loops of memref loads and stores",
-          ("func.func(convert-linalg-to-loops)", "canonicalize", "cse")),
+    Stage("loops", "loops of memref loads and stores; the outermost parallel loop of each nest "
+          "an scf.parallel (tdsl.parallel_loops), after a tagged work-threshold test",
+          ("func.func(scf-forall-to-parallel)", "func.func(convert-linalg-to-parallel-loops)",
+           "canonicalize", "cse")),
+    Stage("openmp", "each scf.parallel an omp.parallel + omp.wsloop with its threshold as the "
+          "if clause (sequential loops when libomp is not installed)",
+          ("convert-scf-to-openmp",)),
     Stage("llvm-dialect", "the LLVM dialect (memref arguments expanded, pointers noalias)",
-          ("expand-strided-metadata", "lower-affine", "convert-scf-to-cf",
-           "convert-math-to-llvm", "convert-math-to-libm", "convert-arith-to-llvm",
-           "finalize-memref-to-llvm", "convert-func-to-llvm", "convert-cf-to-llvm",
-           "convert-ub-to-llvm", "reconcile-unrealized-casts")),
+          ("expand-strided-metadata", "lower-affine", "finalize-memref-to-llvm",
+           "convert-scf-to-cf", "convert-vector-to-llvm", "convert-math-to-llvm", "convert-math-to-libm",
+           "convert-arith-to-llvm", "convert-func-to-llvm", "convert-cf-to-llvm",
+           "convert-ub-to-llvm", "convert-openmp-to-llvm", "reconcile-unrealized-casts")),
     Stage("llvm", "LLVM IR with the packed entry point, after LLVM O3"),
     Stage("asm", "host assembly"),
     Stage("obj", "host object file"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in CPU_STAGES)
-_MLIR_STAGES = ("fused", "bufferized", "loops", "llvm-dialect")
+_MLIR_STAGES = ("vector-math", "fused", "bufferized", "loops", "openmp", "llvm-dialect")
 
 _LOCK = threading.RLock()
 _CONTEXT: list = []
@@ -178,8 +193,16 @@ def _run_mlir(text: str, name: str, stages: Sequence[str], wanted: set[str],
                 result.timings["translate"] = time.perf_counter() - start
                 return llvm_ir + entry_wrapper(llvm_ir, name)
             stage = by_name[stage_name]
+            if stage_name == "vector-math":
+                module = _expand_vector_math(module, name)
+            if stage_name == "bufferized":
+                strip_schedules(module)
+            if stage_name == "loops":
+                lower_vectors(module)
             groups = ([(p, f"builtin.module({p})") for p in stage.passes]
                       if per_pass_ir or per_pass_time else [(stage.name, stage.pipeline)])
+            if stage_name == "openmp" and not _openmp():
+                groups = []  # scf.parallel stays, and convert-scf-to-cf makes it sequential
             for label, pipeline in groups:
                 pass_start = time.perf_counter()
                 try:
@@ -192,8 +215,20 @@ def _run_mlir(text: str, name: str, stages: Sequence[str], wanted: set[str],
                     result.pass_timings.append((label, time.perf_counter() - pass_start))
                 if per_pass_ir:
                     result.pass_ir.append((label, str(module)))
+            if stage_name == "fused":
+                from tdsl.to_mlir import func_symbol
+
+                module = apply_schedule(module, func_symbol(name))
             if stage_name == "bufferized":
                 copies_to_linalg(module)
+            if stage_name == "loops":
+                from tdsl.parallel_loops import outer_parallel_loops
+
+                outer_parallel_loops(module)
+            if stage_name == "openmp" and groups:
+                from tdsl.parallel_loops import attach_parallel_if
+
+                attach_parallel_if(module)
             if stage_name == "llvm-dialect":
                 mark_noalias(module, name)
             _verify(module, stage_name, name)
@@ -201,6 +236,28 @@ def _run_mlir(text: str, name: str, stages: Sequence[str], wanted: set[str],
             if stage_name in wanted:
                 result.ir[stage_name] = str(module)
     return None
+
+
+def _openmp() -> bool:
+    """True when kernels are compiled for OpenMP's threads (libomp is installed)."""
+    from tdsl.runtime import threads
+
+    return threads.libomp_path() is not None
+
+
+def _expand_vector_math(module, name: str):
+    """The module with its transcendental `math` ops expanded (`tdsl.vector_math_pass`)."""
+    from mlir import ir
+
+    from tdsl.vector_math_pass import expand_math, has_expandable
+
+    text = str(module)
+    if not has_expandable(text):
+        return module
+    try:
+        return ir.Module.parse(expand_math(text))
+    except Exception as exc:
+        raise PipelineError(f"vector math expansion of kernel '{name}' failed: {exc}") from exc
 
 
 def _verify(module, stage: str, name: str) -> None:
@@ -249,10 +306,12 @@ def mark_noalias(module, name: str) -> None:
     from tdsl.to_mlir import func_symbol
 
     symbol = func_symbol(name)
+    found = False
     for op in module.body.operations:
         if op.operation.name != "llvm.func":
             continue
-        if ir.StringAttr(op.attributes["sym_name"]).value != symbol:
+        sym = ir.StringAttr(op.attributes["sym_name"]).value
+        if sym != symbol and sym not in (symbol + "_unit", symbol + "_any"):
             continue
         func_type = str(op.attributes["function_type"])
         inner = func_type[func_type.index("(") + 1:func_type.rindex(")")]
@@ -268,8 +327,9 @@ def mark_noalias(module, name: str) -> None:
         op.attributes["arg_attrs"] = ir.ArrayAttr.get(attrs)
         # Only the entry wrapper calls it: once inlined there, no second copy is compiled.
         op.attributes["linkage"] = ir.Attribute.parse("#llvm.linkage<internal>")
-        return
-    raise PipelineError(f"no llvm.func @{symbol} after lowering")
+        found = found or sym == symbol
+    if not found:
+        raise PipelineError(f"no llvm.func @{symbol} after lowering")
 
 
 def entry_wrapper(llvm_ir: str, name: str) -> str:

@@ -175,11 +175,26 @@ class ScalarOps:
             root = self.emit(f"math.sqrt {x} : {mt}")
             return self.emit(f"arith.divf {one}, {root}{CONTRACT} : {mt}")
         if op == "sigmoid":
-            neg = self.emit(f"arith.negf {x} : {mt}")
-            e = self.emit(f"math.exp {neg} : {mt}")
-            den = self.emit(f"arith.addf {one}, {e}{CONTRACT} : {mt}")
-            return self.emit(f"arith.divf {one}, {den}{CONTRACT} : {mt}")
+            return self._sigmoid(x, cd)
         raise NotImplementedError(f"unary '{op}' on floats")
+
+    def _sigmoid(self, x: str, cd: DType) -> str:
+        """(x >= 0 ? 1 : e) / (1 + e) with e = exp(-|x|): never overflows, exact tails, 0 and 1
+        at -+inf. f32 computes in f64 (the three roundings reach 2.4 ulp in f32); that exp
+        carries `afn`: the vector-math stage gives it f32 accuracy only."""
+        wide = DType.F64
+        if cd is DType.F32:
+            x = self.emit(f"arith.extf {x} : f32 to f64")
+        mt, one = value_type(wide), self.const(1.0, wide)
+        ax = self.emit(f"math.absf {x} : {mt}")
+        neg = self.emit(f"arith.negf {ax} : {mt}")
+        flags = " fastmath<afn>" if cd is DType.F32 else ""
+        e = self.emit(f"math.exp {neg}{flags} : {mt}")
+        nonneg = self.emit(f"arith.cmpf oge, {x}, {self.const(0.0, wide)} : {mt}")
+        num = self.select(nonneg, one, e, wide)
+        den = self.emit(f"arith.addf {one}, {e} : {mt}")
+        r = self.emit(f"arith.divf {num}, {den} : {mt}")
+        return self.emit(f"arith.truncf {r} : f64 to f32") if cd is DType.F32 else r
 
     def _unary_int(self, op: str, x: str, dtype: DType) -> str:
         mt = value_type(dtype)

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import threading
 
+from tdsl.runtime import threads
 from tdsl.runtime.cpu import CpuExecutable
 from tdsl.runtime.signature import Signature
 
@@ -57,9 +58,15 @@ def _loadable_path(path: str) -> str:
     return copy
 
 
+def _calls_openmp(lib: ctypes.CDLL) -> bool:
+    """True when the library is linked against libomp (dlsym searches its dependencies)."""
+    return hasattr(lib, "__kmpc_fork_call_if") or hasattr(lib, "__kmpc_fork_call")
+
+
 def open_library(path: str | os.PathLike[str]) -> tuple[dict, dict[str, CpuExecutable]]:
     """Load a library; return its metadata and an executable per kernel name."""
     path = os.fspath(path)
+    threads.load()  # before the library: it is linked against this libomp
     try:
         loadable = _loadable_path(os.path.abspath(path))
         lib = ctypes.CDLL(loadable)
@@ -68,6 +75,7 @@ def open_library(path: str | os.PathLike[str]) -> tuple[dict, dict[str, CpuExecu
     if loadable != os.path.abspath(path):
         os.unlink(loadable)  # the mapping stays valid
     meta = read_metadata(lib, path)
+    threaded = _calls_openmp(lib)
     executables: dict[str, CpuExecutable] = {}
     for entry in meta["kernels"]:
         signature = Signature.from_json(entry["signature"])
@@ -76,7 +84,8 @@ def open_library(path: str | os.PathLike[str]) -> tuple[dict, dict[str, CpuExecu
         except AttributeError:
             raise LibraryError(f"{path}: missing entry point {entry['entry']}") from None
         address = ctypes.cast(function, ctypes.c_void_p).value
-        executables[signature.name] = CpuExecutable(signature, address, keepalive=lib)
+        executables[signature.name] = CpuExecutable(signature, address, keepalive=lib,
+                                                    threaded=threaded)
     return meta, executables
 
 

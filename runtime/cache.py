@@ -8,7 +8,12 @@ MLIR bindings and llvmlite, and a fingerprint of the compiler's own files. Write
 an entry whose library does not match its record is dropped with a warning and rebuilt.
 
 `TDSL_CACHE_DIR` moves the cache (default `$XDG_CACHE_HOME/tdsl` or `~/.cache/tdsl`);
-`TDSL_CACHE=0` turns it off. The directory is created private to the user (mode 0700).
+`TDSL_CACHE=0` turns it off. An entry is machine code that this process loads and runs, so
+the directory is created private to the user (mode 0700); one owned by another user or
+writable by others is not used (with a warning), one that others may read is made private,
+and an entry is loaded only when both its files are regular files of this user that others
+cannot write, its record names this entry, host and compiler, and the library's SHA-256
+matches the record (see docs/security.md).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 import tempfile
 import time
 import warnings
@@ -42,10 +48,87 @@ def cache_dir() -> Path:
     return Path(base) / "tdsl"
 
 
-def _ensure_dir() -> Path:
+_STALE_SECONDS = 3600  # a temporary file this old was left by a killed writer
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _uid() -> int | None:
+    return os.getuid() if hasattr(os, "getuid") else None
+
+
+def usable() -> bool:
+    """True when the cache directory exists or can be created, and can be trusted (else a
+    warning says why, and kernels are compiled without the cache)."""
+    return _trusted_root() is not None
+
+
+def _trusted_root() -> Path | None:
+    """The cache directory (created private when missing), or None with a warning when it
+    cannot be trusted: not a directory, owned by another user, or writable by others (who
+    could have replaced entries; nothing in it is changed). One that others may only read is
+    made private."""
     root = cache_dir()
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.stat(root)
+    except OSError as exc:
+        _warn_once(f"tdsl: cannot use the cache directory {root} ({exc}); compiling "
+                   "without the cache")
+        return None
+    uid = _uid()
+    mode = stat.S_IMODE(st.st_mode)
+    problem = ("is not a directory" if not stat.S_ISDIR(st.st_mode) else
+               f"belongs to user id {st.st_uid}, not to you" if uid is not None and
+               st.st_uid != uid else
+               f"is writable by other users (mode {oct(mode)}; `chmod 700 {root}` after "
+               "checking its contents)" if mode & 0o022 else None)
+    if problem:
+        _warn_once(f"tdsl: not using the cache directory {root}: it {problem}; its entries "
+                   "are machine code that this process would run (TDSL_CACHE_DIR chooses "
+                   "another directory); compiling without the cache")
+        return None
+    if mode & 0o077:
+        try:
+            os.chmod(root, 0o700)
+        except OSError as exc:
+            _warn_once(f"tdsl: cannot make the cache directory {root} private ({exc})")
+        else:
+            _warn_once(f"tdsl: the cache directory {root} was readable by other users (mode "
+                       f"{oct(mode)}); made it private (0700)")
     return root
+
+
+def _untrusted(path: Path) -> str | None:
+    """Why a file of an entry must not be loaded, or None."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    uid = _uid()
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path.name} is not a regular file"
+    if uid is not None and st.st_uid != uid:
+        return f"{path.name} belongs to user id {st.st_uid}"
+    if st.st_mode & 0o022:
+        return f"{path.name} is writable by other users"
+    return None
+
+
+def _remove_stale(root: Path) -> None:
+    """Remove the temporary files of writers killed long ago."""
+    now = time.time()
+    for path in root.glob(".*"):
+        try:
+            if path.suffix in (".so", ".tmp") and now - path.lstat().st_mtime > _STALE_SECONDS:
+                path.unlink()
+        except OSError:
+            pass
 
 
 @functools.lru_cache(maxsize=1)
@@ -85,7 +168,8 @@ def toolchain_id() -> str:
             if path.suffix in (".py", ".lark"):
                 st = path.stat()
                 stamp.append(f"{folder}/{path.name}:{st.st_size}:{st.st_mtime_ns}")
-    versions = [tdsl.__version__, _version("xtc-mlir-python-bindings"), _version("llvmlite")]
+    versions = [tdsl.__version__, _version("xtc-mlir-python-bindings"), _version("llvmlite"),
+                _version("cmeel-libomp")]
     return hashlib.sha256("\n".join(versions + stamp).encode()).hexdigest()[:16]
 
 
@@ -106,7 +190,11 @@ def _paths(entry: str) -> tuple[Path, Path]:
 def lookup(entry: str) -> Path | None:
     """The library of a valid entry, or None (a corrupt entry is removed with a warning)."""
     lib, record = _paths(entry)
-    if not record.exists():
+    if not record.exists() or _trusted_root() is None:
+        return None
+    problem = _untrusted(record) or _untrusted(lib)
+    if problem:
+        _drop(entry, f"not trusted: {problem}")
         return None
     try:
         info = json.loads(record.read_text(encoding="utf-8"))
@@ -114,8 +202,12 @@ def lookup(entry: str) -> Path | None:
     except (OSError, ValueError) as exc:
         _drop(entry, f"unreadable ({exc})")
         return None
-    if info.get("format") != FORMAT or info.get("sha256") != digest:
+    if not isinstance(info, dict) or info.get("sha256") != digest:
         _drop(entry, "its library does not match its checksum")
+        return None
+    if (info.get("format"), info.get("key"), info.get("host"), info.get("toolchain")) != (
+            FORMAT, entry, host_id(), toolchain_id()):
+        _drop(entry, "its record names another entry, host or compiler")
         return None
     return lib
 
@@ -137,18 +229,22 @@ def _drop(entry: str, why: str) -> None:
 
 def store(entry: str, build) -> Path:
     """Build a library with `build(path)` into the cache and record it atomically."""
-    root = _ensure_dir()
+    root = _trusted_root()
+    if root is None:
+        raise OSError(f"the cache directory {cache_dir()} cannot be used")
+    _remove_stale(root)
     lib, record = _paths(entry)
     fd, staged = tempfile.mkstemp(dir=root, prefix=f".{entry}.", suffix=".so")
     os.close(fd)
     try:
         build(staged)
+        os.chmod(staged, 0o700)  # the linker may have made it readable by all
         digest = hashlib.sha256(Path(staged).read_bytes()).hexdigest()
         os.replace(staged, lib)
     finally:
         if os.path.exists(staged):
             os.unlink(staged)
-    info = {"format": FORMAT, "sha256": digest, "created": time.time(),
+    info = {"format": FORMAT, "key": entry, "sha256": digest, "created": time.time(),
             "host": host_id(), "toolchain": toolchain_id()}
     _atomic_write(record, json.dumps(info).encode())
     return lib

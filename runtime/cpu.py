@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tdsl.runtime import threads
 from tdsl.runtime.signature import BoundCall, Signature
 
 if TYPE_CHECKING:
@@ -68,9 +69,11 @@ class CpuExecutable:
     keepalive: Any = None  # the JIT engine that owns the code
     slots: int = 0
     compile_seconds: dict[str, float] = field(default_factory=dict)
+    threaded: bool = False  # calls libomp (tdsl.runtime.threads sets its team size per call)
 
     def __post_init__(self) -> None:
         self._fn = _ENTRY(self.address)
+        self._omp = threads.load() if self.threaded else None
         if not self.slots:
             self.slots = sum(3 + 2 * p.type.rank
                              for p in self.signature.inputs + self.signature.outputs)
@@ -102,7 +105,14 @@ class CpuExecutable:
         for own in out_slots:
             slots += own
         args = self._slot_array(*slots)  # must outlive the call: keep it in a local
-        self._fn(ctypes.addressof(args))
+        if self._omp is None:
+            self._fn(ctypes.addressof(args))
+        else:
+            threads.enter_call(self._omp)
+            try:
+                self._fn(ctypes.addressof(args))
+            finally:
+                threads.exit_call()
         del args, inputs, outputs  # the arrays too stay alive until the call returned
         for given, fresh in copy_back:
             np.copyto(given, fresh)
@@ -129,4 +139,5 @@ def compile_kernel(kernel: Kernel) -> CpuExecutable:
     address = code.address(entry_symbol(kernel.name))
     t3 = time.perf_counter()
     return CpuExecutable(kernel.signature, address, keepalive=code,
-                         compile_seconds={"mlir": t1 - t0, "llvm_opt": t2 - t1, "jit": t3 - t2})
+                         compile_seconds={"mlir": t1 - t0, "llvm_opt": t2 - t1, "jit": t3 - t2},
+                         threaded=cg.uses_openmp(mod))

@@ -8,7 +8,9 @@ parameter, the expected and the actual value.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,41 @@ _NUMPY_DTYPES = {
     DType.F64: np.dtype(np.float64),
 }
 I64_MAX = (1 << 63) - 1
+_FLOAT_FORMATS = {  # significand bits (with the implicit one) and the largest finite value
+    DType.F16: (11, 65504.0), DType.BF16: (8, 3.3895313892515355e38),
+    DType.F32: (24, 3.4028234663852886e38), DType.F64: (53, 1.7976931348623157e308),
+}
+
+
+def int_to_float(value: int, dtype: DType = DType.F64) -> float:
+    """An integer rounded once to the nearest value of a float dtype (ties to even; inf past
+    the largest), as a Python float. `float(value)` would first round to f64 (and raise for
+    huge values); rounding that again to f32 can land on the other side of a tie."""
+    bits, largest = _FLOAT_FORMATS[dtype]
+    magnitude = abs(int(value))
+    excess = magnitude.bit_length() - bits
+    if excess > 0:
+        quotient, rest = divmod(magnitude, 1 << excess)
+        half = 1 << (excess - 1)
+        if rest > half or rest == half and quotient & 1:
+            quotient += 1
+        magnitude = quotient << excess
+    result = float(magnitude) if magnitude <= largest else math.inf
+    return -result if value < 0 else result
+
+
+@functools.lru_cache(maxsize=1)
+def memory_bytes() -> int | None:
+    """Physical memory plus swap: a kernel's temporaries beyond this cannot be allocated."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return sum(int(fields[k].split()[0]) * 1024 for k in ("MemTotal", "SwapTotal"))
+    except (OSError, KeyError, ValueError):
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
 
 
 def numpy_dtype(dtype: DType) -> np.dtype:
@@ -45,7 +82,8 @@ def numpy_dtype(dtype: DType) -> np.dtype:
 def describe_value(value: Any) -> str:
     """A short description of an argument for error messages."""
     if isinstance(value, np.ndarray):
-        return f"{_dtype_name(value.dtype)} array of shape {tuple(value.shape)}"
+        order = "" if value.dtype.isnative else " (non-native byte order)"
+        return f"{_dtype_name(value.dtype)}{order} array of shape {tuple(value.shape)}"
     if isinstance(value, np.generic):
         return f"numpy {_dtype_name(value.dtype)} scalar"
     return f"{type(value).__name__} {value!r}"[:80]
@@ -123,6 +161,8 @@ class Signature:
     symbols: tuple[SymbolSource, ...] = ()
     conditions: tuple[Condition, ...] = ()
     doc: str = ""
+    # The kernel's local tensors: a call whose temporaries cannot exist is refused.
+    locals: tuple[Param, ...] = ()
 
     def __str__(self) -> str:
         ins = ", ".join(f"{p.name}: {p.type}" for p in self.inputs)
@@ -137,6 +177,7 @@ class Signature:
             "outputs": [p.to_json() for p in self.outputs],
             "symbols": [[s.symbol, s.param, s.dim] for s in self.symbols],
             "conditions": [c.to_json() for c in self.conditions],
+            "locals": [p.to_json() for p in self.locals],
         }
 
     @staticmethod
@@ -148,6 +189,7 @@ class Signature:
             outputs=tuple(Param.from_json(p) for p in data["outputs"]),
             symbols=tuple(SymbolSource(s, int(p), int(d)) for s, p, d in data["symbols"]),
             conditions=tuple(Condition.from_json(c) for c in data["conditions"]),
+            locals=tuple(Param.from_json(p) for p in data.get("locals", ())),
         )
 
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> BoundCall:
@@ -211,6 +253,8 @@ class _Binder:
             if not cond.holds(symbols):
                 raise ValueError(f"{self.where}: {cond.message} ({self._symbol_text(cond, symbols)})")
         shapes = [self._output_shape(p, symbols) for p in self.sig.outputs]
+        for local in self.sig.locals:
+            self._check_local(local, symbols)
         given = [self._given_output(p, shape, raw_outputs.get(p.name), inputs)
                  for p, shape in zip(self.sig.outputs, shapes)]
         return BoundCall(self.sig, inputs, symbols, shapes, given)
@@ -285,6 +329,8 @@ class _Binder:
             if not low <= value <= high:
                 raise ValueError(f"{self.where}: argument '{param.name}' = {value} is out of "
                                  f"range for {dtype} [{low}, {high}]")
+        elif dtype.is_float:
+            return _weak_float(value, dtype, want)
         return np.asarray(value, dtype=want)
 
     # ---- shapes ---------------------------------------------------------------------------
@@ -339,6 +385,21 @@ class _Binder:
                              "elements than a 64-bit index can address")
         return shape
 
+    def _check_local(self, param: Param, symbols: dict[str, int]) -> None:
+        """A local tensor whose byte count a 64-bit index cannot address, or that exceeds the
+        machine's memory, is refused before the kernel tries to allocate it."""
+        shape = tuple(d.evaluate(symbols) for d in param.type.shape)
+        if any(size < 0 for size in shape):
+            return  # a failed condition says so
+        nbytes = math.prod(shape) * numpy_dtype(param.type.dtype).itemsize
+        what = f"{self.where}: local tensor '{param.name}' of shape {shape} ({param.type.dtype})"
+        if nbytes > I64_MAX:
+            raise ValueError(f"{what} has more elements than a 64-bit index can address")
+        limit = memory_bytes()
+        if limit is not None and nbytes > limit:
+            raise MemoryError(f"{what} needs {nbytes} bytes, more than this machine's memory "
+                              f"and swap ({limit} bytes)")
+
     def _given_output(self, param: Param, shape: tuple[int, ...], value: Any,
                       inputs: list[np.ndarray]) -> np.ndarray | None:
         if value is None:
@@ -365,6 +426,21 @@ class _Binder:
 
     def _symbol_text(self, cond: Condition, symbols: Mapping[str, int]) -> str:
         return f"got {self._env(cond.expr, symbols)}"
+
+
+def _weak_float(value: int | float, dtype: DType, want: np.dtype) -> np.ndarray:
+    """A Python int or float for a float parameter, rounded once like a literal (numpy would
+    round a large int through f64, and a float to bf16 through f32)."""
+    if isinstance(value, int):
+        return np.asarray(int_to_float(value, dtype), dtype=want)  # exact at the dtype
+    if dtype is DType.BF16 and math.isfinite(value):
+        near = np.float32(value) if abs(value) <= 3.4028234663852886e38 else None
+        if near is not None and float(near) != value and not int(near.view(np.uint32)) & 1:
+            # round to odd at f32 precision, so the rounding to bf16 is the only one
+            near = np.nextafter(near, np.float32(math.copysign(math.inf, value - float(near))))
+        value = near if near is not None else math.copysign(math.inf, value)
+    with np.errstate(over="ignore"):
+        return np.asarray(value, dtype=want)
 
 
 def _numpy_name(dtype: DType) -> str:

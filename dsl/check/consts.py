@@ -10,9 +10,21 @@ import math
 
 import numpy as np
 
+from tdsl.runtime.signature import int_to_float
 from tdsl.types import DType
 
 Number = bool | int | float
+
+MAX_CONST_BITS = 1 << 16
+"""Largest integer constant folded (in bits): more is an error, not a long computation."""
+
+
+class ConstantTooLarge(ValueError):
+    """An integer constant expression that folds to more than MAX_CONST_BITS bits."""
+
+
+def _f64(x: Number) -> float:
+    return int_to_float(x) if isinstance(x, int) and not isinstance(x, bool) else float(x)
 
 
 def fold_unary(op: str, x: Number) -> Number:
@@ -24,7 +36,7 @@ def fold_unary(op: str, x: Number) -> Number:
     if op == "relu":
         return x if (isinstance(x, float) and math.isnan(x)) or x > 0 else type(x)(0)
     with np.errstate(all="ignore"):
-        v = np.float64(x)
+        v = np.float64(_f64(x))
         table = {
             "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos,
             "tanh": np.tanh, "floor": np.floor, "ceil": np.ceil,
@@ -38,15 +50,20 @@ def fold_unary(op: str, x: Number) -> Number:
 def fold_binary(op: str, a: Number, b: Number) -> Number:
     """`a op b` for two literals of one kind (both int or both float after promotion)."""
     if isinstance(a, float) or isinstance(b, float):
-        return _fold_float(op, float(a), float(b))
+        return _fold_float(op, _f64(a), _f64(b))
     if op in ("div", "mod") and b == 0:
         return 0
+    if op == "pow" and b > 0 and abs(a) > 1 and (abs(a).bit_length() - 1) * b > MAX_CONST_BITS:
+        raise ConstantTooLarge(f"{a} ** {b}")
     table = {
         "add": lambda: a + b, "sub": lambda: a - b, "mul": lambda: a * b,
         "div": lambda: a // b, "mod": lambda: a % b, "min": lambda: min(a, b),
         "max": lambda: max(a, b), "pow": lambda: a ** b if b >= 0 else 0,
     }
-    return table[op]()
+    result = table[op]()
+    if result.bit_length() > MAX_CONST_BITS:
+        raise ConstantTooLarge(op)
+    return result
 
 
 def _fold_float(op: str, a: float, b: float) -> float:
@@ -77,7 +94,7 @@ def cast_constant(value: Number, dtype: DType) -> Number:
     if dtype is DType.BOOL:
         return bool(value != 0) if not (isinstance(value, float) and math.isnan(value)) else True
     if dtype.is_float:
-        return float(value)
+        return int_to_float(value, dtype) if isinstance(value, int) else float(value)
     low, high = dtype.int_range
     if isinstance(value, float):
         if math.isnan(value):

@@ -22,6 +22,7 @@ from tdsl.check.context import (
     nearest,
 )
 from tdsl.parser import MAX_DEPTH
+from tdsl.runtime.signature import int_to_float
 from tdsl.source import Span
 from tdsl.types import Affine, DType, TensorType
 
@@ -202,13 +203,13 @@ class ExprLowering:
             raise self.rep.fail(t.span, f"bool literal used as {dtype}",
                                 f"cast it: {dtype}({self._snippet(t.span)})")
         if dtype.is_float:
-            return float(value)
+            return int_to_float(value, dtype) if isinstance(value, int) else value
         if isinstance(value, float):
             raise self.rep.fail(t.span, f"float literal {self._snippet(t.span)} used as {dtype}",
                                 f"write an integer, or cast: {dtype}({self._snippet(t.span)})")
         if not consts.fits(value, dtype):
             low, high = dtype.int_range
-            raise self.rep.fail(t.span, f"literal {value} does not fit in {dtype} "
+            raise self.rep.fail(t.span, f"literal {_short(value)} does not fit in {dtype} "
                                 f"[{low}, {high}]", f"a literal takes the dtype of the other "
                                 f"operand ({dtype}); cast that operand to a wider type")
         return int(value)
@@ -371,13 +372,20 @@ class ExprLowering:
             if not (a.is_const and b.is_const):
                 return self._deferred(self._weak_kind(a, b), span, lambda dt: c.Binary(
                     op, self.coerce(a, dt), self.coerce(b, dt), dt))
-            value = consts.fold_binary(op, a.weak, b.weak)
+            value = self._fold(op, a, b, span)
             return Typed(None, DType.F32 if isinstance(value, float) else DType.I64, span, value)
         x, y, dtype = self.unify(a, b, op_span, text)
         if dtype is DType.BOOL:
             raise self.rep.fail(op_span, f"'{text}' on bool values",
                                 f"cast them to a number first, e.g. i32({self._snippet(a.span)})")
         return Typed(c.Binary(op, x, y, dtype), dtype, span)
+
+    def _fold(self, op: str, a: Typed, b: Typed, span: Span) -> consts.Number:
+        try:
+            return consts.fold_binary(op, a.weak, b.weak)  # type: ignore[arg-type]
+        except consts.ConstantTooLarge:
+            raise self.rep.fail(span, f"integer constant too large (more than "
+                                f"{consts.MAX_CONST_BITS} bits)") from None
 
     def compare(self, op: str, a: Typed, b: Typed, span: Span, op_span: Span,
                 text: str) -> Typed:
@@ -397,7 +405,7 @@ class ExprLowering:
         if a.is_weak and b.is_weak and not (a.is_const and b.is_const):
             a = Typed(self.concrete(a), self.concrete(a).dtype, a.span)
         if a.is_weak and b.is_weak:
-            value = consts.fold_binary("pow", a.weak, b.weak)
+            value = self._fold("pow", a, b, span)
             return Typed(None, DType.F32 if isinstance(value, float) else DType.I64, span, value)
         base_dtype = a.dtype if not a.is_weak else b.dtype
         if base_dtype.is_int and not (b.is_weak and isinstance(b.weak, int) and b.weak >= 0):
@@ -471,7 +479,8 @@ class ExprLowering:
         if x.is_weak:
             if isinstance(x.weak, bool):
                 raise self.rep.fail(x.span, f"'{name}' needs a number, got bool")
-            value = x.weak if name not in FLOAT_ONLY_BUILTINS else float(x.weak)
+            value = x.weak if name not in FLOAT_ONLY_BUILTINS else int_to_float(
+                x.weak) if isinstance(x.weak, int) else float(x.weak)
             return Typed(None, x.dtype if name not in FLOAT_ONLY_BUILTINS else DType.F32, e.span,
                          consts.fold_unary(name, value))
         if name in FLOAT_ONLY_BUILTINS and not x.dtype.is_float:
@@ -499,3 +508,9 @@ class ExprLowering:
     def _snippet(self, span: Span) -> str:
         text = " ".join(self.rep.text(span).split())
         return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _short(value: consts.Number) -> str:
+    """A number for a message: very long integers shortened."""
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"

@@ -9,10 +9,13 @@ from tdsl import ast
 from tdsl import checked as c
 from tdsl.check.context import StatementError, reserved_kind
 from tdsl.check.exprs import ExprLowering, Typed
+from tdsl.parser import MAX_DEPTH
 from tdsl.types import DType
 
 MAX_INLINED = 5000
 """The most fn calls inlined into one statement."""
+MAX_INLINED_NODES = 50_000
+"""The largest expression a fn call may expand to (a value used twice counts twice)."""
 
 
 def inline_call(low: ExprLowering, e: ast.Call, fn: ast.Fn) -> Typed:
@@ -43,7 +46,49 @@ def inline_call(low: ExprLowering, e: ast.Call, fn: ast.Fn) -> Typed:
         result = run_body(low, fn, values)
     finally:
         low.inlining.pop()
+    depth, size = _measure(result.expr)
+    if depth > MAX_DEPTH:  # lets and parameters nest without nesting the lowering
+        raise low._too_deep(e)
+    if size > MAX_INLINED_NODES:
+        site = low.inlining[0] if low.inlining else e
+        raise rep.fail(site.span, f"expression too large once fn '{fn.name.id}' is inlined "
+                       f"(more than {MAX_INLINED_NODES} operations)",
+                       "a value used several times is copied at every use; use a local "
+                       "tensor or `let` in the kernel instead")
     return replace(result, span=e.span)
+
+
+def _measure(expr: c.Expr | None) -> tuple[int, int]:
+    """The depth and size of a checked expression as the targets see it (a shared subtree
+    counts at each use), computed on the shared form without recursion."""
+    if expr is None:
+        return 0, 0
+    done: dict[int, tuple[int, int]] = {}
+    stack: list[tuple[c.Expr, bool]] = [(expr, False)]
+    while stack:
+        node, ready = stack.pop()
+        if id(node) in done:
+            continue
+        kids = _children(node)
+        if ready or not kids:
+            done[id(node)] = (1 + max((done[id(k)][0] for k in kids), default=0),
+                              1 + sum(done[id(k)][1] for k in kids))
+        else:
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in done)
+    return done[id(expr)]
+
+
+def _children(node: c.Expr) -> tuple[c.Expr, ...]:
+    if isinstance(node, (c.Unary, c.Cast)):
+        return (node.x,)
+    if isinstance(node, c.Binary):
+        return (node.a, node.b)
+    if isinstance(node, c.Select):
+        return (node.cond, node.a, node.b)
+    if isinstance(node, c.Reduce):
+        return (node.body,)
+    return ()
 
 
 def param_dtype(low: ExprLowering, param: ast.Param) -> DType:

@@ -17,7 +17,7 @@ from tdsl.check.exprs import Evidence, ExprLowering, Scope
 from tdsl.check.items import Header, check_header, tensor_type
 from tdsl.check.order import dependence_order, names_read, target_of
 from tdsl.check.reduce import check_agreement
-from tdsl.runtime.signature import Condition, Signature
+from tdsl.runtime.signature import Condition, Param, Signature
 from tdsl.source import Span
 from tdsl.types import Affine, DType, TensorType
 
@@ -297,7 +297,8 @@ class KernelChecker:
             unique.setdefault((cond.kind, cond.expr, cond.unless_empty), cond)
         sig = Signature(self.kernel.name.id, tuple(self.header.inputs),
                         tuple(self.header.outputs), tuple(self.header.symbols),
-                        tuple(unique.values()), self.kernel.doc)
+                        tuple(unique.values()), self.kernel.doc,
+                        tuple(Param(loc.name, loc.type) for loc in self.locals))
         kernel = c.Kernel(sig, tuple(self.locals), tuple(statements))
         fingerprint = repr((sig.to_json(), kernel.locals, kernel.statements))
         return c.Kernel(sig, kernel.locals, kernel.statements, fingerprint)

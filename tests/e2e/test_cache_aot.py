@@ -188,7 +188,7 @@ def test_compile_emit_stages(tmp_path, capsys):
     src = tmp_path / "k.tdsl"
     src.write_text(SOURCE)
     expected = {"ast": "Kernel", "checked": "kernel saxpy", "mlir": "linalg.generic",
-                "bufferized": "memref", "loops": "scf.for", "llvm-dialect": "llvm.func",
+                "bufferized": "memref", "loops": "scf.parallel", "llvm-dialect": "llvm.func",
                 "llvm": "define", "asm": "tdsl_entry_saxpy"}
     for stage, marker in expected.items():
         assert main(["compile", str(src), "--emit", stage, "-k", "saxpy"]) == 0, stage

@@ -23,13 +23,14 @@ from tdsl.pipelines import (  # noqa: E402
     entry_wrapper,
     run_pipeline,
 )
+from tdsl.runtime import threads  # noqa: E402
 from tdsl.runtime.cpu import _passable, compile_kernel  # noqa: E402
 from tdsl.to_mlir import kernel_to_mlir  # noqa: E402
 
 
 def test_stage_names():
-    assert STAGE_NAMES == ("mlir", "fused", "bufferized", "loops", "llvm-dialect", "llvm",
-                           "asm", "obj")
+    assert STAGE_NAMES == ("mlir", "vector-math", "fused", "bufferized", "loops", "openmp",
+                           "llvm-dialect", "llvm", "asm", "obj")
 
 
 def test_unknown_stage():
@@ -42,7 +43,8 @@ def test_every_stage_prints_and_obj_is_an_object_file():
     assert set(result.ir) == set(STAGE_NAMES)
     assert "linalg.generic" in result.ir["fused"]
     assert "memref<" in result.ir["bufferized"] and "tensor<" not in result.ir["bufferized"]
-    assert "scf.for" in result.ir["loops"]
+    assert "scf.parallel" in result.ir["loops"]  # the outermost loop, for threads
+    assert "omp.parallel if(" in result.ir["openmp"] or not threads.available()
     assert "llvm.func" in result.ir["llvm-dialect"]
     assert f"define void @{entry_symbol('saxpy')}" in result.ir["llvm"]
     assert f"{entry_symbol('saxpy')}:" in result.ir["asm"]
@@ -55,7 +57,8 @@ def test_keep_and_per_pass_ir_and_times():
                           time_passes=True)
     assert list(result.ir) == ["loops"]
     names = [name for name, _ in result.pass_ir]
-    assert "one-shot-bufferize" in names and "func.func(convert-linalg-to-loops)" in names
+    assert "one-shot-bufferize" in names
+    assert "func.func(convert-linalg-to-parallel-loops)" in names
     assert len(result.pass_timings) == len(result.pass_ir)
 
 
@@ -114,7 +117,8 @@ def test_passable_arrays():
 def test_compiled_code_declares_only_known_functions():
     for builder in (hk.softmax, hk.float_unary, hk.row_stats, hk.int_ops):
         mod = run_pipeline(builder(), "llvm", keep=["llvm"]).llvm_module
-        assert set(cg.external_functions(mod)) <= cg.KNOWN_EXTERNALS
+        calls = {f for f in cg.external_functions(mod) if not f.startswith(cg.OPENMP_PREFIXES)}
+        assert calls <= cg.KNOWN_EXTERNALS
 
 
 def test_compile_time_budget():

@@ -1,0 +1,497 @@
+"""Per-kernel transform-dialect schedules for the CPU `fused` stage.
+
+After the `fused` stage's passes, `apply_schedule` looks at the structure of the kernel's
+linalg ops on tensors and, when one of two patterns is found, builds a transform script
+(`transform.named_sequence @tdsl_schedule`), applies it with `transform-interpreter` and keeps
+it in the module, so that `tdsl compile FILE --emit fused` shows both the script and its
+result. `strip_schedules` removes it before bufferization.
+
+Row-wise fusion (`rows`): the kernel's last linalg op (the root, the only one whose result
+leaves the kernel) is tiled over the leading dimensions of its result (`t` = rank - 1 of
+them): first into `chunks` (one `scf.forall` iteration per core: `scf.parallel` after
+bufferization, which the threads stage runs on its pool), then, inside, one row at a time
+(`transform.structured.fuse`, tile size 1). Every producer is fused into that nest in reverse
+order, so a row of every temporary is computed right before its consumers read it: softmax,
+layernorm and rmsnorm read each input row from memory once and re-read it from L1. The row
+temporaries have loop-invariant shapes (`1 x N`), so `buffer-loop-hoisting` allocates them once
+per chunk, not per row. Applies only when every intermediate is indexed by the root's leading
+dimensions in the same positions ("row-local"): a column softmax is left alone.
+
+Contractions (`contraction`): a generic `C[m, n] += A[m, k] * B[k, n]` (`A` or `A^T`; `B^T`
+keeps the plain loops: its NR-wide vectors would be gathers) is interchanged to (m, n, k),
+tiled for the caches (`MC x NC x KC`, its `fill` fused in), then into `MR x NR x 1` register tiles; the row and column loops are peeled so the
+main tiles have static shapes, vectorized (`vector.contract`), and the accumulator tile is
+hoisted out of the `k` loop (`hoist_loop_invariant_subsets`: kept in registers). Remainder
+tiles stay as loops (interchanged back to `m, k, n` so LLVM vectorizes their rows). Vector
+loads need a unit innermost stride, so such kernels are versioned: `@tdsl_k_<name>` checks the
+innermost strides at run time and calls `_unit` (scheduled, memrefs `strided<[?, 1]>`) or
+`_any` (the plain loops). Epilogues (bias, activation) run as their own loop over the result.
+
+Tile sizes come from the host's vector width (`MR x NR` = 6 x 2 vectors with 16 vector
+registers, 8 x 2 with 32) and cache sizes (`KC` = 256, `MC` = 12 `MR`, `NC` = 256). They are
+constants, never derived from the (dynamic) problem size, so the compile time does not depend
+on it: about 3 copies of the contraction body are compiled.
+
+Any failure of the interpreter leaves the kernel unscheduled (the schedule is applied to a
+copy of the module first): schedules only ever make code faster, never break it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+SCHEDULE_NAME = "tdsl_schedule"
+LOWER_NAME = "tdsl_lower_vectors"
+_UNIT, _ANY = "_unit", "_any"
+
+
+# ---- host parameters -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Host:
+    """What the schedules are sized for: vector width, vector registers, cores."""
+
+    vector_bits: int = 256
+    vector_registers: int = 16
+    cores: int = 1
+
+
+def host() -> Host:
+    """The host's vector width (AVX-512: 512 bits, 32 registers), and its usable cores."""
+    from tdsl.codegen import llvm as cg
+
+    _, features = cg.host_cpu()
+    flags = set(features.split(","))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if "+avx512f" in flags:
+        return Host(512, 32, cores or 1)
+    if "+avx" in flags:
+        return Host(256, 16, cores or 1)
+    return Host(128, 16, cores or 1)
+
+
+@dataclass(frozen=True)
+class ContractionTiles:
+    """Cache tiles (mc, nc, kc) and the register tile (mr, nr) of a contraction."""
+
+    mc: int
+    nc: int
+    kc: int
+    mr: int
+    nr: int
+
+
+def contraction_tiles(h: Host, elem_bits: int) -> ContractionTiles:
+    """Register tile: `nr` = 2 vectors, `mr` rows so that mr * 2 accumulators plus 2 B vectors
+    and a broadcast fit the vector registers. Cache tiles: an MC x KC block of A and a
+    KC x NR panel of B stay in L2 / L1; MC is a multiple of MR so that only the last block of
+    rows has a remainder."""
+    lanes = max(h.vector_bits // elem_bits, 1)
+    nr = 2 * lanes
+    mr = 8 if h.vector_registers >= 32 else 6
+    return ContractionTiles(mc=12 * mr, nc=max(256, nr), kc=256, mr=mr, nr=nr)
+
+
+# ---- structure of the payload --------------------------------------------------------------
+
+
+@dataclass
+class LinalgInfo:
+    """One linalg op of the kernel function, as the schedules see it."""
+
+    op: object
+    name: str
+    iterators: tuple[str, ...]
+    maps: tuple[tuple[int | None, ...], ...]  # per operand: result dims (None: not a dim)
+    n_inputs: int
+    body: tuple[str, ...]
+    elem_bits: int = 32
+
+
+def _dims(map_attr) -> tuple[int | None, ...]:
+    from mlir import ir
+
+    amap = ir.AffineMapAttr(map_attr).value
+    out = []
+    for e in amap.results:
+        out.append(e.position if isinstance(e, ir.AffineDimExpr) else None)
+    return tuple(out)
+
+
+def _info(op) -> LinalgInfo | None:
+    from mlir import ir
+
+    name = op.operation.name
+    n_inputs = len(op.operation.operands) - len(op.operation.results)
+    if name == "linalg.fill":
+        rank = ir.ShapedType(op.operation.results[0].type).rank
+        ident = tuple(range(rank))
+        return LinalgInfo(op, name, ("parallel",) * rank, ((), ident), 1, ())
+    if name != "linalg.generic":
+        return None
+    iters = tuple("reduction" if "reduction" in str(a) else "parallel"
+                  for a in ir.ArrayAttr(op.attributes["iterator_types"]))
+    maps = tuple(_dims(m) for m in ir.ArrayAttr(op.attributes["indexing_maps"]))
+    body = tuple(o.operation.name for o in op.operation.regions[0].blocks[0].operations)
+    elem = ir.ShapedType(op.operation.results[0].type).element_type
+    bits = 64 if str(elem) == "f64" else 32
+    return LinalgInfo(op, name, iters, maps, n_inputs, body, bits)
+
+
+def kernel_function(module, symbol: str):
+    """The `func.func @symbol` of the module (None if absent)."""
+    from mlir import ir
+
+    for op in module.body.operations:
+        if op.operation.name == "func.func" and \
+                ir.StringAttr(op.attributes["sym_name"]).value == symbol:
+            return op
+    return None
+
+
+def _linalg_ops(func) -> list:
+    ops = []
+
+    def walk(block) -> None:
+        for child in block.operations:
+            if child.operation.name.startswith("linalg."):
+                ops.append(child)  # the kernel's linalg ops are not nested in each other
+                continue
+            for region in child.operation.regions:
+                for b in region.blocks:
+                    walk(b)
+
+    walk(func.operation.regions[0].blocks[0])
+    return ops
+
+
+def _users(value) -> list:
+    return [u.owner for u in value.uses]
+
+
+def is_contraction(info: LinalgInfo) -> tuple[int, int, int] | None:
+    """(m, n, k) loop positions of a plain 2-D float contraction generic, else None."""
+    if info.name != "linalg.generic" or info.n_inputs != 2 or len(info.iterators) != 3:
+        return None
+    if info.iterators.count("reduction") != 1:
+        return None
+    if info.body != ("arith.mulf", "arith.addf", "linalg.yield"):
+        return None
+    a, b, c = info.maps
+    if None in a + b + c or len(a) != 2 or len(b) != 2 or len(c) != 2:
+        return None
+    k = info.iterators.index("reduction")
+    m, n = c
+    if k in c or set(a) != {m, k} or b != (k, n):
+        return None  # B's rows must be contiguous in n: its NR-wide vectors are plain loads
+    return m, n, k
+
+
+# ---- row-wise fusion -----------------------------------------------------------------------
+
+
+def _row_plan(infos: list[LinalgInfo]) -> int:
+    """The number `t` of leading result dimensions to tile row by row (0: no fusion)."""
+    if len([i for i in infos if i.name == "linalg.generic"]) < 2:
+        return 0
+    root = infos[-1]
+    if root.name != "linalg.generic":
+        return 0
+    out = root.maps[-1]
+    t = len(out) - 1
+    if t < 1:
+        return 0
+    results = [i.op.operation.results[0] for i in infos]
+    for info in infos:
+        if info is not root:  # intermediates are only read by the kernel's linalg ops
+            for user in _users(info.op.operation.results[0]):
+                if not user.name.startswith("linalg."):
+                    return 0
+        outs = info.maps[-1]
+        if len(outs) < t or any(d is None or info.iterators[d] != "parallel"
+                                for d in outs[:t]):
+            return 0
+        for pos, operand in enumerate(info.op.operation.operands[:info.n_inputs]):
+            if any(operand == r for r in results) and info.maps[pos][:t] != outs[:t]:
+                return 0
+    return t
+
+
+def rows_script(func_symbol: str, n_ops: int, root_loops: int, tiled: tuple[int, ...],
+                chunks: int) -> str:
+    """The transform script of row-wise fusion: the root (last of `n_ops` linalg ops) tiled by
+    `chunks` along its loop `tiled[0]`, then by 1 along each loop of `tiled`, every producer
+    fused in."""
+    names = [f"%p{i}" for i in range(n_ops - 1)] + ["%root_op"]
+    any_op = "!transform.any_op"
+    lines = [
+        f'%f = transform.structured.match ops{{["func.func"]}} '
+        f'attributes{{sym_name = "{func_symbol}"}} in %arg0 : ({any_op}) -> {any_op}',
+        f"%all = transform.structured.match interface{{LinalgOp}} in %f : ({any_op}) -> {any_op}",
+        f"{', '.join(names)} = transform.split_handle %all : ({any_op}) -> "
+        f"({', '.join([any_op] * n_ops)})",
+    ]
+    target = "%root_op"
+    if chunks > 1:
+        threads = [chunks if d == tiled[0] else 0 for d in range(root_loops)]
+        lines.append(f"%tiled, %loop = transform.structured.tile_using_forall %root_op "
+                     f"num_threads {threads} : ({any_op}) -> ({any_op}, {any_op})")
+        container = "%loop"
+        for i in reversed(range(n_ops - 1)):
+            lines.append(f"%q{i}, %c{i} = transform.structured.fuse_into_containing_op %p{i} "
+                         f"into {container} : ({any_op}, {any_op}) -> ({any_op}, {any_op})")
+            container = f"%c{i}"
+        target = "%tiled"
+    sizes = [1 if d in tiled else 0 for d in range(root_loops)]
+    loops = ", ".join([any_op] * len(tiled))
+    lines.append(f"%rows, %row_loops:{len(tiled)} = transform.structured.fuse {target} "
+                 f"tile_sizes {sizes} {{apply_cleanup}} : ({any_op}) -> ({any_op}, {loops})")
+    return _sequence(lines)
+
+
+# ---- contractions --------------------------------------------------------------------------
+
+
+def contraction_script(func_symbol: str, n_ops: int, index: int, mnk: tuple[int, int, int],
+                       tiles: ContractionTiles) -> str:
+    """The transform script of one 2-D contraction (linalg op `index` of `n_ops`)."""
+    m, n, k = mnk
+    a = "!transform.any_op"
+    loop = '!transform.op<"scf.for">'
+    names = [f"%p{i}" for i in range(n_ops)]
+    lines = [
+        f'%f = transform.structured.match ops{{["func.func"]}} '
+        f'attributes{{sym_name = "{func_symbol}"}} in %arg0 : ({a}) -> {a}',
+        f"%all = transform.structured.match interface{{LinalgOp}} in %f : ({a}) -> {a}",
+        f"{', '.join(names)} = transform.split_handle %all : ({a}) -> ({', '.join([a] * n_ops)})",
+        f"%mnk = transform.structured.interchange %p{index} iterator_interchange = "
+        f"[{m}, {n}, {k}] : ({a}) -> {a}",
+        # cache tiles: MC x NC blocks (the fill fused in), then KC slices of k
+        f"%t0, %l0:2 = transform.structured.fuse %mnk tile_sizes [{tiles.mc}, {tiles.nc}, 0] "
+        f"{{apply_cleanup}} : ({a}) -> ({a}, {a}, {a})",
+        f"%t1, %l1 = transform.structured.tile_using_for %t0 tile_sizes [0, 0, {tiles.kc}] "
+        f": ({a}) -> ({a}, {a})",
+        # register tiles: MR rows (peeled), NR columns (peeled), k one at a time
+        f"%t2, %l2 = transform.structured.tile_using_for %t1 tile_sizes [{tiles.mr}, 0, 0] "
+        f": ({a}) -> ({a}, {a})",
+        f"%l2f = transform.cast %l2 : {a} to {loop}",
+        f"%m_main, %m_rest = transform.loop.peel %l2f {{fail_if_already_divisible = false}} "
+        f": ({loop}) -> ({a}, {a})",
+        f"%g_main = transform.structured.match ops{{[\"linalg.generic\"]}} in %m_main "
+        f": ({a}) -> {a}",
+        f"%t3, %l3 = transform.structured.tile_using_for %g_main tile_sizes [0, {tiles.nr}, 0] "
+        f": ({a}) -> ({a}, {a})",
+        f"%l3f = transform.cast %l3 : {a} to {loop}",
+        f"%n_main, %n_rest = transform.loop.peel %l3f {{fail_if_already_divisible = false}} "
+        f": ({loop}) -> ({a}, {a})",
+        f"%g_tile = transform.structured.match ops{{[\"linalg.generic\"]}} in %n_main "
+        f": ({a}) -> {a}",
+        f"%t4, %l4 = transform.structured.tile_using_for %g_tile tile_sizes [0, 0, 1] "
+        f": ({a}) -> ({a}, {a})",
+        # remainders: plain loops, rows innermost-contiguous (m, k, n) for LLVM's vectorizer
+        f"%r1 = transform.structured.match ops{{[\"linalg.generic\"]}} in %n_rest "
+        f": ({a}) -> {a}",
+        f"%r2 = transform.structured.match ops{{[\"linalg.generic\"]}} in %m_rest "
+        f": ({a}) -> {a}",
+        f"%r1i = transform.structured.interchange %r1 iterator_interchange = [0, 2, 1] "
+        f": ({a}) -> {a}",
+        f"%r2i = transform.structured.interchange %r2 iterator_interchange = [0, 2, 1] "
+        f": ({a}) -> {a}",
+        f"transform.apply_patterns to %f {{ transform.apply_patterns.canonicalization }} : {a}",
+        # keep the C tile in registers across k, vectorize the full tile
+        f"%fl0 = transform.structured.match ops{{[\"scf.for\"]}} in %f : ({a}) -> {loop}",
+        f"transform.loop.hoist_loop_invariant_subsets %fl0 : {loop}",
+        f"%kernel = transform.structured.match ops{{[\"linalg.generic\"]}} in %n_main "
+        f": ({a}) -> {a}",
+        f"transform.structured.vectorize %kernel : {a}",
+        f"transform.apply_patterns to %f {{ "
+        f"transform.apply_patterns.vector.transfer_permutation_patterns "
+        f"transform.apply_patterns.vector.reduction_to_contract "
+        f"transform.apply_patterns.vector.cast_away_vector_leading_one_dim "
+        f"transform.apply_patterns.canonicalization }} : {a}",
+        f"%fl1 = transform.structured.match ops{{[\"scf.for\"]}} in %f : ({a}) -> {loop}",
+        f"transform.loop.hoist_loop_invariant_subsets %fl1 : {loop}",
+    ]
+    return _sequence(lines)
+
+
+LOWER_VECTORS_SCRIPT = """
+module attributes {transform.with_named_sequence} {
+  transform.named_sequence @tdsl_lower_vectors(%arg0: !transform.any_op {transform.readonly}) {
+    %f = transform.structured.match ops{["func.func"]} in %arg0
+        : (!transform.any_op) -> !transform.any_op
+    transform.apply_patterns to %f {
+      transform.apply_patterns.vector.lower_contraction lowering_strategy = "outerproduct"
+      transform.apply_patterns.vector.transfer_permutation_patterns
+      transform.apply_patterns.vector.lower_multi_reduction lowering_strategy = "innerparallel"
+      transform.apply_patterns.vector.split_transfer_full_partial
+          split_transfer_strategy = "vector-transfer"
+      transform.apply_patterns.vector.transfer_to_scf max_transfer_rank = 1 full_unroll = true
+      transform.apply_patterns.vector.lower_transfer max_transfer_rank = 1
+      transform.apply_patterns.vector.lower_shape_cast
+      transform.apply_patterns.vector.lower_transpose lowering_strategy = "shuffle_1d"
+      transform.apply_patterns.vector.lower_outerproduct
+      transform.apply_patterns.vector.lower_broadcast
+      transform.apply_patterns.canonicalization
+    } : !transform.any_op
+    transform.yield
+  }
+}
+"""
+
+
+def _sequence(lines: list[str]) -> str:
+    body = "\n    ".join(lines + ["transform.yield"])
+    return (f"  transform.named_sequence @{SCHEDULE_NAME}(%arg0: !transform.any_op "
+            f"{{transform.readonly}}) {{\n    {body}\n  }}\n")
+
+
+# ---- versioning by innermost stride --------------------------------------------------------
+
+
+def _unit_stride_type(type_text: str) -> str:
+    return re.sub(r"strided<\[((?:\?, )*)\?\], offset: \?>",
+                  lambda mt: f"strided<[{mt.group(1)}1], offset: ?>", type_text)
+
+
+def versioned_text(func, symbol: str) -> str:
+    """Text of three functions: `@symbol` (the dispatcher on innermost strides), a private
+    `@symbol_unit` (unit innermost strides: the one scheduled) and `@symbol_any`."""
+    from mlir import ir
+
+    text = str(func.operation)
+    head = f"func.func @{symbol}("
+    any_text = text.replace(head, f"func.func private @{symbol}{_ANY}(", 1)
+    unit_text = _unit_stride_type(text).replace(head, f"func.func private @{symbol}{_UNIT}(", 1)
+    ftype = ir.FunctionType(ir.TypeAttr(func.attributes["function_type"]).value)
+    types = [str(t) for t in ftype.inputs]
+    args = [f"%arg{i}" for i in range(len(types))]
+    lines = ["%c1 = arith.constant 1 : index", "%ok0 = arith.constant true"]
+    ok = "%ok0"
+    for i, t in enumerate(types):
+        mt = ir.MemRefType(ftype.inputs[i])
+        if mt.rank == 0:
+            continue
+        r = mt.rank
+        lines.append(f"%b{i}, %o{i}, %s{i}:{r}, %st{i}:{r} = memref.extract_strided_metadata "
+                     f"%arg{i} : {t} -> memref<{mt.element_type}>, index"
+                     + ", index" * (2 * r))
+        lines.append(f"%e{i} = arith.cmpi eq, %st{i}#{r - 1}, %c1 : index")
+        lines.append(f"%ok{i + 1} = arith.andi {ok}, %e{i} : i1")
+        ok = f"%ok{i + 1}"
+    casts, unit_args = [], []
+    for i, t in enumerate(types):
+        ut = _unit_stride_type(t)
+        if ut == t:
+            unit_args.append(args[i])
+            continue
+        casts.append(f"%u{i} = memref.cast %arg{i} : {t} to {ut}")
+        unit_args.append(f"%u{i}")
+    unit_types = ", ".join(_unit_stride_type(t) for t in types)
+    lines.append(f"scf.if {ok} {{")
+    lines += ["  " + c for c in casts]
+    lines.append(f"  func.call @{symbol}{_UNIT}({', '.join(unit_args)}) : ({unit_types}) -> ()")
+    lines.append("} else {")
+    lines.append(f"  func.call @{symbol}{_ANY}({', '.join(args)}) : ({', '.join(types)}) -> ()")
+    lines.append("}")
+    params = ", ".join(f"{a}: {t}" for a, t in zip(args, types))
+    body = "\n    ".join(lines + ["return"])
+    dispatcher = f"func.func @{symbol}({params}) {{\n    {body}\n  }}"
+    return f"{dispatcher}\n{unit_text}\n{any_text}\n"
+
+
+# ---- applying ------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What `plan_schedule` decided: the kind, the payload functions and the script."""
+
+    kind: str  # "rows" | "contraction"
+    script: str
+    versioned: bool = False
+
+
+def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
+    """The schedule of the kernel function `@symbol` of a `fused`-stage module, or None."""
+    func = kernel_function(module, symbol)
+    if func is None:
+        return None
+    ops = _linalg_ops(func)
+    infos = [_info(op) for op in ops]
+    if not infos or any(i is None for i in infos):
+        return None
+    h = h or host()
+    for index, info in enumerate(infos):
+        mnk = is_contraction(info)
+        if mnk is None:
+            continue
+        tiles = contraction_tiles(h, info.elem_bits)
+        script = contraction_script(symbol + _UNIT, len(infos), index, mnk, tiles)
+        return Plan("contraction", script, versioned=True)
+    t = _row_plan(infos)
+    if not t:
+        return None
+    root = infos[-1]
+    tiled = tuple(d for d in root.maps[-1][:t])
+    script = rows_script(symbol, len(infos), len(root.iterators), tiled, h.cores)
+    return Plan("rows", script)
+
+
+def apply_schedule(module, symbol: str, h: Host | None = None):
+    """The module with the kernel's schedule applied and kept as `@tdsl_schedule` (the module
+    itself, unchanged, when there is none or it fails)."""
+    from mlir import ir, passmanager
+
+    if os.environ.get("TDSL_SCHEDULES", "1") == "0":
+        return module
+    plan = plan_schedule(module, symbol, h)
+    if plan is None:
+        return module
+    func = kernel_function(module, symbol)
+    funcs = versioned_text(func, symbol) if plan.versioned else str(func.operation)
+    text = ("module attributes {transform.with_named_sequence} {\n" + funcs + "\n"
+            + plan.script + "}\n")
+    try:
+        scheduled = ir.Module.parse(text)
+        passmanager.PassManager.parse(
+            f"builtin.module(transform-interpreter{{entry-point={SCHEDULE_NAME}}}, "
+            "canonicalize, cse)").run(scheduled.operation)
+        if not scheduled.operation.verify():
+            return module
+    except Exception:  # a schedule that does not apply: keep the plain kernel
+        if os.environ.get("TDSL_SCHEDULE_STRICT"):
+            raise
+        return module
+    return scheduled
+
+
+def strip_schedules(module) -> None:
+    """Erase the transform scripts (named sequences) from the module, in place."""
+    for op in list(module.body.operations):
+        if op.operation.name.startswith("transform."):
+            op.operation.erase()
+    if "transform.with_named_sequence" in module.operation.attributes:
+        del module.operation.attributes["transform.with_named_sequence"]
+
+
+def lower_vectors(module) -> None:
+    """Lower the vector ops a contraction schedule left (contract → FMAs, transfers → loads and
+    stores) after bufferization, in place; nothing happens without vector ops."""
+    from mlir import ir, passmanager
+
+    if "vector." not in str(module):
+        return
+    library = ir.Module.parse(LOWER_VECTORS_SCRIPT)
+    op = library.body.operations[0]
+    op.operation.move_before(module.body.operations[0]) if len(module.body.operations) else None
+    module.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
+    try:
+        passmanager.PassManager.parse(
+            f"builtin.module(transform-interpreter{{entry-point={LOWER_NAME}}})"
+        ).run(module.operation)
+    finally:
+        strip_schedules(module)
