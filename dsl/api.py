@@ -43,6 +43,9 @@ class Kernel:
         self.__doc__ = f"{doc}\n\n{signature}" if doc else str(signature)
         self._make_executable = make_executable
         self._executable: Executable | None = None
+        # The executable's fast path, once the executable exists: the first call validates
+        # (and compiles) through the full path.
+        self._fast_call: Callable[[tuple], Any] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -55,10 +58,16 @@ class Kernel:
         if self._executable is None:
             with self._lock:
                 if self._executable is None:
-                    self._executable = self._make_executable()
+                    executable = self._make_executable()
+                    self._fast_call = getattr(executable, "fast_call", None)
+                    self._executable = executable
         return self._executable
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._fast_call is not None and not kwargs:
+            result = self._fast_call(args)
+            if result is not None:
+                return result
         call = self.signature.bind(args, kwargs)
         executable = self.executable()
         call.allocate_outputs()
@@ -93,6 +102,9 @@ class Module:
         self.kernels = kernels
         self.filename = filename
         self.target = target
+        for name, kernel in kernels.items():  # plain attributes: no __getattr__ per call
+            if not hasattr(self, name):
+                self.__dict__[name] = kernel
 
     def __getattr__(self, name: str) -> Kernel:
         kernels = self.__dict__.get("kernels", {})

@@ -34,12 +34,13 @@ class CompiledProgram:
 
 def library_metadata(program: c.Program, target: str = "cpu") -> dict:
     """The JSON-able description of a compiled program's kernels."""
-    from tdsl.pipelines import entry_symbol
+    from tdsl.pipelines import entry_symbol, fast_symbol
 
     return {
         "format": FORMAT, "tdsl": tdsl.__version__, "target": target,
         "source": os.path.basename(program.filename),
-        "kernels": [{"signature": k.signature.to_json(), "entry": entry_symbol(k.name)}
+        "kernels": [{"signature": k.signature.to_json(), "entry": entry_symbol(k.name),
+                     "fast": fast_symbol(k.name) if target == "cpu" else ""}
                     for k in program.kernels],
     }
 

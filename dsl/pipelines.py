@@ -353,6 +353,36 @@ def entry_wrapper(llvm_ir: str, name: str) -> str:
         values.append(f"{t} %a{k}")
     lines.append(f"  call void @{symbol}({', '.join(values)})")
     lines += ["  ret void", "}", ""]
+    return "\n" + "\n".join(lines) + _fast_wrapper(types, name)
+
+
+def fast_symbol(kernel_name: str) -> str:
+    """The fast entry point: `void tdsl_fast_<kernel>(int64_t *template, int64_t data_offset,
+    PyObject *array...)`."""
+    return f"tdsl_fast_{kernel_name}"
+
+
+def _fast_wrapper(types: list[str], name: str) -> str:
+    """LLVM IR of the fast entry: copies a template of the packed slots (every field but the
+    data pointers, fixed for a given set of shapes and strides) to the stack, reads each
+    array's data pointer from the numpy array object (`data_offset` bytes into it, checked by
+    the runtime) and calls the packed entry. It spares the caller the slow `ndarray.ctypes`."""
+    starts = [k for k in range(len(types) - 1) if types[k] == types[k + 1] == "ptr"]
+    arrays = ", ".join(f"ptr %o{k}" for k in range(len(starts)))
+    lines = [f"define void @{fast_symbol(name)}(ptr noalias nocapture readonly %template, "
+             f"i64 %data_offset{', ' + arrays if arrays else ''}) {{",
+             f"  %slots = alloca [{max(len(types), 1)} x i64], align 8"]
+    for k in range(len(types)):
+        lines += [f"  %tp{k} = getelementptr inbounds i64, ptr %template, i64 {k}",
+                  f"  %tv{k} = load i64, ptr %tp{k}, align 8",
+                  f"  %sp{k} = getelementptr inbounds i64, ptr %slots, i64 {k}",
+                  f"  store i64 %tv{k}, ptr %sp{k}, align 8"]
+    for k, start in enumerate(starts):
+        lines += [f"  %field{k} = getelementptr inbounds i8, ptr %o{k}, i64 %data_offset",
+                  f"  %data{k} = load ptr, ptr %field{k}, align 8",
+                  f"  store ptr %data{k}, ptr %sp{start}, align 8",
+                  f"  store ptr %data{k}, ptr %sp{start + 1}, align 8"]
+    lines += [f"  call void @{entry_symbol(name)}(ptr %slots) noinline", "  ret void", "}", ""]
     return "\n" + "\n".join(lines)
 
 

@@ -236,7 +236,8 @@ class _FuncEmitter:
             return
         red = st.expr
         acc = red.dtype.accumulator
-        direct = acc is red.dtype and red.op != "mean"
+        empty = self.empty_domain_flag(red)
+        direct = acc is red.dtype and red.op != "mean" and empty is None
         acc_type = dataclasses.replace(ttype, dtype=acc)
         init = self.target_init(st) if direct else self.empty(st.extents, acc)
         init = self.fill(self.ops.reduce_identity(red.op, acc), init, tensor_type(acc_type),
@@ -257,10 +258,29 @@ class _FuncEmitter:
             v = body.arg(result, tensor_type(acc_type), acc)
             if count is not None:
                 v = body.ops.binary("div", v, body.ops.cast(count, DType.I64, acc), acc)
+            if empty is not None:
+                identity = (body.ops.const(red.op == "min", acc) if acc is DType.BOOL
+                            else body.ops.reduce_identity(red.op, acc))
+                v = body.ops.select(empty, identity, v, acc)
             return body.ops.to_storage(body.ops.cast(v, acc, red.dtype), red.dtype)
 
         self.tensors[st.target] = _Generic(self, st.indices, st.extents, (), ()).build(
             self.target_init(st), ttype, finish)
+
+    def empty_domain_flag(self, red: Reduce) -> str | None:
+        """An i1 that is true when the reduction's domain is empty, where that matters.
+
+        An integer `min`/`max`/`prod` whose body folds to its absorbing element (`minui(acc,
+        0) = 0`, `muli(acc, 0) = 0`) no longer reads its accumulator, so canonicalization drops
+        the identity fill: on an empty domain the result must then be set explicitly. Float
+        combiners have no such fold (NaN), `sum`/`mean` fold to the accumulator.
+        """
+        if red.op not in ("min", "max", "prod") or red.dtype.accumulator.is_float:
+            return None
+        if all(e.is_const and e.const > 0 or e.provably_positive() for e in red.extents):
+            return None
+        count = self.count_value(red.extents)
+        return self._emit_top(f"arith.cmpi sle, {count}, {self.ops.const(0, DType.I64)} : i64")
 
     def count_value(self, extents: tuple[Affine, ...]) -> str:
         """The i64 number of points of a reduction domain (a product of clamped extents)."""

@@ -40,14 +40,19 @@ _MATH_UNARY = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "sin":
                "floor": "math.floor", "ceil": "math.ceil", "abs": "math.absf"}
 
 
+_STORAGE_TYPES = {DType.BOOL: "i8", DType.BF16: "i16"}
+
+
 def value_type(dtype: DType) -> str:
     """The MLIR type of a scalar value of `dtype` (bool is i1)."""
     return _MLIR_TYPES[dtype]
 
 
 def storage_type(dtype: DType) -> str:
-    """The MLIR element type of a tensor of `dtype` (bool is stored as i8, like numpy)."""
-    return "i8" if dtype is DType.BOOL else _MLIR_TYPES[dtype]
+    """The MLIR element type of a tensor of `dtype`: bool is stored as i8 (like numpy), bf16
+    as its i16 bits (a `bfloat` load or store that LLVM keeps in a register is legalized on
+    x86 through libgcc's `__truncsfbf2`, which the JIT cannot resolve)."""
+    return _STORAGE_TYPES.get(dtype, _MLIR_TYPES[dtype])
 
 
 def compute_dtype(dtype: DType) -> DType:
@@ -103,13 +108,17 @@ class ScalarOps:
 
     # ---- storage and f16/bf16 widening ----------------------------------------------------
     def from_storage(self, v: str, dtype: DType) -> str:
-        """A loaded tensor element as a value (i8 -> i1 for bool)."""
+        """A loaded tensor element as a value (i8 -> i1 for bool, i16 -> bf16)."""
+        if dtype is DType.BF16:
+            return self.emit(f"arith.bitcast {v} : i16 to bf16")
         if dtype is not DType.BOOL:
             return v
         return self.emit(f"arith.cmpi ne, {v}, {self.raw_int(0, 'i8')} : i8")
 
     def to_storage(self, v: str, dtype: DType) -> str:
-        """A value as a tensor element (i1 -> i8 for bool)."""
+        """A value as a tensor element (i1 -> i8 for bool, bf16 -> i16)."""
+        if dtype is DType.BF16:
+            return self.emit(f"arith.bitcast {v} : bf16 to i16")
         if dtype is not DType.BOOL:
             return v
         return self.emit(f"arith.extui {v} : i1 to i8")
@@ -357,7 +366,10 @@ class ScalarOps:
             return self._float_to_float(x, src, dst)
         if src.is_float:
             return self._float_to_int(x, src, dst)
+        if dst is DType.BF16:
+            return self.narrow(self._to_f32_odd(self._int_to_f64_odd(x, src)), dst)
         if dst.is_float:
+            # Integers within f16's range are exact in f32: one rounding.
             op = "sitofp" if src.is_signed else "uitofp"
             cd = compute_dtype(dst)
             f = self.emit(f"arith.{op} {x} : {value_type(src)} to {value_type(cd)}")
@@ -373,7 +385,8 @@ class ScalarOps:
         return self.emit(f"arith.cmpi ne, {x}, {self.const(0, src)} : {mt}")
 
     def _float_to_float(self, x: str, src: DType, dst: DType) -> str:
-        """Float conversions; f16 and bf16 go through f32 (f64 -> f16 rounds twice)."""
+        """Float conversions; f16 and bf16 go through f32 (f64 is first rounded to odd, so
+        the result is rounded once)."""
         if src is dst:
             return x
         if src in (DType.F16, DType.BF16):
@@ -382,10 +395,58 @@ class ScalarOps:
                 return x
         if dst in (DType.F16, DType.BF16):
             if src is DType.F64:
-                x = self.emit(f"arith.truncf {x} : f64 to f32")
+                x = self._to_f32_odd(x)
             return self.narrow(x, dst)
         op = "extf" if src.bits < dst.bits else "truncf"
         return self.emit(f"arith.{op} {x} : {value_type(src)} to {value_type(dst)}")
+
+    # Round-to-odd (truncate, then set the last bit when inexact) to a precision p followed
+    # by round-to-nearest-even to a precision q <= p - 2 rounds once: f64 -> f16/bf16 and
+    # i64 -> bf16 go through f32 that way instead of rounding twice.
+    def _to_f32_odd(self, x: str) -> str:
+        """An f64 rounded to f32 with round-to-odd (nan stays nan, overflow stays finite)."""
+        near = self.emit(f"arith.truncf {x} : f64 to f32")
+        back = self.emit(f"arith.extf {near} : f32 to f64")
+        inexact = self.emit(f"arith.cmpf one, {back}, {x} : f64")
+        away = self.emit(f"arith.cmpf ogt, {self.emit(f'math.absf {back} : f64')}, "
+                         f"{self.emit(f'math.absf {x} : f64')} : f64")
+        bits = self.emit(f"arith.bitcast {near} : f32 to i32")
+        return self.emit(f"arith.bitcast {self._make_odd(bits, inexact, away, 'i32')} : i32 to f32")
+
+    def _make_odd(self, bits: str, inexact: str, away: str, it: str) -> str:
+        """The bits of a rounded float moved one step toward zero when rounding went away
+        from zero, with the last bit set when the rounding was inexact."""
+        down = self.emit(f"arith.extui {away} : i1 to {it}")
+        odd = self.emit(f"arith.extui {inexact} : i1 to {it}")
+        toward = self.emit(f"arith.subi {bits}, {down} : {it}")
+        return self.emit(f"arith.ori {toward}, {odd} : {it}")
+
+    def _int_to_f64_odd(self, x: str, src: DType) -> str:
+        """An integer as f64: exact up to 32 bits, i64 rounded to odd (two exact halves
+        summed, the sum's error recovered exactly with TwoSum)."""
+        op = "sitofp" if src.is_signed else "uitofp"
+        if src.bits <= 32:
+            return self.emit(f"arith.{op} {x} : {value_type(src)} to f64")
+        i64 = lambda k: self.raw_int(k, "i64")  # noqa: E731
+        high = self.emit(f"arith.shrsi {x}, {i64(32)} : i64")
+        low = self.emit(f"arith.andi {x}, {i64(0xFFFFFFFF)} : i64")
+        a = self.emit(f"arith.mulf {self.emit(f'arith.sitofp {high} : i64 to f64')}, "
+                      f"{self.const(2.0 ** 32, DType.F64)} : f64")
+        b = self.emit(f"arith.sitofp {low} : i64 to f64")
+        total = self.emit(f"arith.addf {a}, {b} : f64")
+        b_part = self.emit(f"arith.subf {total}, {a} : f64")
+        a_part = self.emit(f"arith.subf {total}, {b_part} : f64")
+        error = self.emit(f"arith.addf {self.emit(f'arith.subf {a}, {a_part} : f64')}, "
+                          f"{self.emit(f'arith.subf {b}, {b_part} : f64')} : f64")
+        zero = self.const(0.0, DType.F64)
+        inexact = self.emit(f"arith.cmpf one, {error}, {zero} : f64")
+        # Rounding went away from zero when the error's sign differs from the sum's.
+        err_neg = self.emit(f"arith.cmpf olt, {error}, {zero} : f64")
+        sum_neg = self.emit(f"arith.cmpf olt, {total}, {zero} : f64")
+        away = self.emit(f"arith.andi {inexact}, "
+                         f"{self.emit(f'arith.xori {err_neg}, {sum_neg} : i1')} : i1")
+        bits = self.emit(f"arith.bitcast {total} : f64 to i64")
+        return self.emit(f"arith.bitcast {self._make_odd(bits, inexact, away, 'i64')} : i64 to f64")
 
     def _float_to_int(self, x: str, src: DType, dst: DType) -> str:
         """Saturating float -> int with nan -> 0 (selects around a poison-prone fptosi)."""

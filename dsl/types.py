@@ -274,6 +274,11 @@ class Affine:
         # (`N / 2 >= (N - 1) / 2 >= -1/2`).
         return low is not None and low > -1
 
+    def provably_positive(self) -> bool:
+        """True when the form is >= 1 for every non-negative value of its names."""
+        low = self._linear_lower_bound()
+        return low is not None and low > 0
+
     def provably_negative(self) -> bool:
         """True when the form is < 0 for every non-negative value of its names."""
         _, high = self.sign_bounds()

@@ -84,8 +84,10 @@ def open_library(path: str | os.PathLike[str]) -> tuple[dict, dict[str, CpuExecu
         except AttributeError:
             raise LibraryError(f"{path}: missing entry point {entry['entry']}") from None
         address = ctypes.cast(function, ctypes.c_void_p).value
-        executables[signature.name] = CpuExecutable(signature, address, keepalive=lib,
-                                                    threaded=threaded)
+        fast = getattr(lib, entry.get("fast", ""), None) if entry.get("fast") else None
+        executables[signature.name] = CpuExecutable(
+            signature, address, keepalive=lib, threaded=threaded,
+            fast_address=ctypes.cast(fast, ctypes.c_void_p).value if fast is not None else 0)
     return meta, executables
 
 

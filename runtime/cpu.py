@@ -27,12 +27,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tdsl.runtime import threads
-from tdsl.runtime.signature import BoundCall, Signature
+from tdsl.runtime.signature import BoundCall, Signature, numpy_dtype
 
 if TYPE_CHECKING:
     from tdsl.checked import Kernel
 
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_PLANS_MAX = 64  # call plans kept per kernel (one per distinct set of shapes and strides)
+
+
+def _data_offset() -> int | None:
+    """Where a numpy array object holds its data pointer (`PyArrayObject.data`), checked on
+    live arrays; None disables the fast path (an unusual interpreter build)."""
+    probes = [np.empty(3), np.zeros((2, 5), np.int8)[:, 1:]]
+    for offset in (16,):
+        if all(ctypes.c_void_p.from_address(id(a) + offset).value == a.ctypes.data
+               for a in probes):
+            return offset
+    return None
+
+
+_DATA_OFFSET = _data_offset()
 
 
 def _passable(a: np.ndarray) -> bool:
@@ -57,6 +72,28 @@ def _describe(a: np.ndarray, slots: list[int]) -> tuple[int, int]:
     return ptr, ptr + size + sum((n - 1) * s for n, s in zip(shape, strides))
 
 
+def _describe_row_major(shape: tuple[int, ...], slots: list[int]) -> None:
+    """Append the descriptor of a fresh row-major array of `shape`, data pointers left 0."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    slots += (0, 0, 0)
+    slots += shape
+    slots += reversed(strides)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a fast call needs beyond its arrays' data pointers."""
+
+    template: Any  # the ctypes slot array (kept alive with the plan)
+    template_address: int
+    outputs: list[tuple[tuple[int, ...], np.dtype]]
+    scalar_results: bool  # some output is rank 0: returned as a numpy scalar
+    single: tuple[tuple[int, ...], np.dtype] | None  # the output, when there is one
+
+
 @dataclass
 class CpuExecutable:
     """A kernel compiled for this CPU and loaded in this process.
@@ -70,6 +107,7 @@ class CpuExecutable:
     slots: int = 0
     compile_seconds: dict[str, float] = field(default_factory=dict)
     threaded: bool = False  # calls libomp (tdsl.runtime.threads sets its team size per call)
+    fast_address: int = 0  # `tdsl_fast_<kernel>`, 0 where the library has none
 
     def __post_init__(self) -> None:
         self._fn = _ENTRY(self.address)
@@ -78,6 +116,102 @@ class CpuExecutable:
             self.slots = sum(3 + 2 * p.type.rank
                              for p in self.signature.inputs + self.signature.outputs)
         self._slot_array = ctypes.c_int64 * self.slots
+        self._plans: dict[tuple, _Plan | None | bool] = {}
+        self._scalar_inputs = [p.type.rank == 0 for p in self.signature.inputs]
+        self._input_count = len(self.signature.inputs)
+        self._fast = None
+        if self.fast_address and _DATA_OFFSET is not None:
+            arity = len(self.signature.inputs) + len(self.signature.outputs)
+            self._fast = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64,
+                                          *[ctypes.py_object] * arity)(self.fast_address)
+
+    def fast_call(self, args: tuple) -> Any:
+        """The result of a call with positional input arrays only, when a plan made by an
+        earlier call with the same dtypes, shapes and strides applies; else None (a kernel
+        always returns something).
+
+        A plan is made after a full validation (`Signature.bind`) of a call whose inputs are
+        plain aligned ndarrays passed as they are; it holds the packed descriptor fields and the
+        output shapes, so a call only reads its arrays' data pointers (in machine code)."""
+        fast = self._fast
+        if fast is None or len(args) != self._input_count:
+            return None
+        key = []
+        convert = False
+        for a in args:
+            if type(a) is np.ndarray:
+                key.append((a.dtype, a.shape, a.strides))
+            else:
+                key.append(None)
+                convert = True
+        if convert:
+            args = self._convert_scalars(args, key)
+            if args is None:
+                return None
+        for a in args:
+            if not a.flags.aligned:
+                return None
+        key = tuple(key)
+        plan = self._plans.get(key, False)
+        if plan is False:
+            plan = self._make_plan(key, args)
+        if plan is None:
+            return None
+        if plan.single is not None:
+            out = np.empty(*plan.single)
+            self._launch(fast, plan.template_address, args, (out,))
+            return out[()] if plan.scalar_results else out
+        outs = [np.empty(shape, dtype) for shape, dtype in plan.outputs]
+        self._launch(fast, plan.template_address, args, outs)
+        if plan.scalar_results:
+            outs = [o[()] if o.ndim == 0 else o for o in outs]
+        return tuple(outs)
+
+    def _launch(self, fast: Any, template: int, args: tuple, outs: Any) -> None:
+        if self._omp is None:
+            fast(template, _DATA_OFFSET, *args, *outs)
+            return
+        threads.enter_call(self._omp)
+        try:
+            fast(template, _DATA_OFFSET, *args, *outs)
+        finally:
+            threads.exit_call()
+
+    def _convert_scalars(self, args: tuple, key: list) -> tuple | None:
+        """Python and numpy scalars for rank-0 inputs as rank-0 arrays; None when some other
+        argument is not a plain ndarray (a list, a subclass: the full path takes it)."""
+        converted = []
+        for index, (a, k) in enumerate(zip(args, key)):
+            if k is not None:
+                converted.append(a)
+            elif self._scalar_inputs[index]:
+                converted.append(self.signature.input_array(index, a))
+            else:
+                return None
+        return tuple(converted)
+
+    def _make_plan(self, key: tuple, args: tuple) -> _Plan | None:
+        call = self.signature.bind(args, {})  # raises the usual errors for a bad call
+        if len(self._plans) >= _PLANS_MAX:
+            self._plans.clear()
+        usable = all(b is a and _passable(a) for a, b in zip(args, call.inputs))
+        if not usable:
+            self._plans[key] = None
+            return None
+        slots: list[int] = []
+        for a in call.inputs:
+            _describe(a, slots)
+        outputs = []
+        for param, shape in zip(self.signature.outputs, call.output_shapes):
+            dtype = numpy_dtype(param.type.dtype)
+            outputs.append((shape, dtype))
+            _describe_row_major(shape, slots)
+        template = self._slot_array(*slots)
+        plan = _Plan(template, ctypes.addressof(template), outputs,
+                     any(len(shape) == 0 for shape, _ in outputs),
+                     outputs[0] if len(outputs) == 1 else None)
+        self._plans[key] = plan
+        return plan
 
     def run(self, call: BoundCall) -> None:
         """Compute the kernel for a validated call (see `Signature.bind`)."""
@@ -119,6 +253,10 @@ class CpuExecutable:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Validate, allocate outputs, run and return like a tdsl kernel call."""
+        if not kwargs:
+            result = self.fast_call(args)
+            if result is not None:
+                return result
         call = self.signature.bind(args, kwargs)
         call.allocate_outputs()
         self.run(call)
@@ -128,7 +266,7 @@ class CpuExecutable:
 def compile_kernel(kernel: Kernel) -> CpuExecutable:
     """Compile a checked kernel for the host CPU and load it (MLIR -> LLVM -> MCJIT)."""
     from tdsl.codegen import llvm as cg
-    from tdsl.pipelines import compile_to_llvm_ir, entry_symbol
+    from tdsl.pipelines import compile_to_llvm_ir, entry_symbol, fast_symbol
 
     t0 = time.perf_counter()
     llvm_ir = compile_to_llvm_ir(kernel)
@@ -139,5 +277,6 @@ def compile_kernel(kernel: Kernel) -> CpuExecutable:
     address = code.address(entry_symbol(kernel.name))
     t3 = time.perf_counter()
     return CpuExecutable(kernel.signature, address, keepalive=code,
+                         fast_address=code.address(fast_symbol(kernel.name)),
                          compile_seconds={"mlir": t1 - t0, "llvm_opt": t2 - t1, "jit": t3 - t2},
                          threaded=cg.uses_openmp(mod))

@@ -34,6 +34,13 @@ if TYPE_CHECKING:
 
 MAX_ITERATIONS = 10_000_000
 _GARBAGE_BYTE = 0x5A
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def storage_dtype(dtype: np.dtype) -> np.dtype:
+    """The element type a kernel's memref holds for an array dtype (bool as i8, bf16 as
+    its i16 bits, like the compiled kernels)."""
+    return {np.dtype(np.bool_): np.dtype(np.int8), _BF16: np.dtype(np.int16)}.get(dtype, dtype)
 
 
 # ---- the program, converted from MLIR once -------------------------------------------------
@@ -188,7 +195,7 @@ class MemRef:
     def garbage(dtype: np.dtype, sizes: tuple[int, ...]) -> MemRef:
         """A fresh row-major buffer full of garbage (NaN for floats, 0x5A bytes otherwise)."""
         count = int(np.prod(sizes, dtype=np.int64)) if sizes else 1
-        if dtype.kind == "f" or dtype == np.dtype(ml_dtypes.bfloat16):
+        if dtype.kind == "f":
             data = np.full(count, np.nan, dtype=np.float32).astype(dtype)
         else:
             data = np.full(count * dtype.itemsize, _GARBAGE_BYTE, dtype=np.uint8).view(dtype)
@@ -203,7 +210,7 @@ class MemRef:
         """A device copy of an array; `pad` > 0 gives a strided layout with gaps (the last
         dimension has stride 1 + pad) and an offset, to test stride handling."""
         array = np.asarray(array)
-        storage = array.view(np.int8) if array.dtype == np.bool_ else array
+        storage = array.view(storage_dtype(array.dtype))
         ref = MemRef.garbage(storage.dtype, tuple(array.shape) if not pad else ())
         if pad:
             strides, step = [], 1 + pad
@@ -510,7 +517,7 @@ class EmulatedExecutable:
         inputs = [MemRef.from_array(a, self.pad) for a in call.inputs]
         outputs = []
         for out in call.outputs:
-            storage = np.dtype(np.int8) if out.dtype == np.bool_ else out.dtype
+            storage = storage_dtype(out.dtype)
             outputs.append(MemRef.from_array(MemRef.garbage(storage, out.shape).view(),
                                              self.pad) if self.pad else
                            MemRef.garbage(storage, out.shape))
@@ -519,7 +526,7 @@ class EmulatedExecutable:
         self.launches = machine.launches
         for given, ref in zip(call.outputs, outputs):
             values = ref.view()
-            given[...] = values.view(np.bool_) if given.dtype == np.bool_ else values
+            given[...] = values.view(given.dtype)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Validate, allocate outputs, run and return like a tdsl kernel call."""

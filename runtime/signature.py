@@ -199,6 +199,11 @@ class Signature:
         """
         return _Binder(self).bind(args, kwargs)
 
+    def input_array(self, index: int, value: Any) -> np.ndarray:
+        """Input number `index` of a call as an array, validated like `bind` does (a Python
+        or numpy scalar for a rank-0 input becomes a rank-0 array)."""
+        return _Binder(self)._input(self.inputs[index], value)
+
 
 @dataclass
 class BoundCall:

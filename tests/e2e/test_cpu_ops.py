@@ -240,3 +240,107 @@ def test_statement_that_folds_to_a_copy() -> None:
     a = np.random.default_rng(1).uniform(1, 2, (5, 8))
     np.testing.assert_array_equal(mod.k(a), a)
     np.testing.assert_array_equal(mod.k(a[::2, 1::3]), a[::2, 1::3])
+
+
+ABSORBING_REDUCTIONS = """
+kernel min_zero(x: u8[N], w: u8[M]) -> (y: u8[N]) { y[i] = min[p: M](u8(0)) }
+kernel prod_zero(x: i32[N], w: u8[M]) -> (y: i32[N]) { y[i] = prod[p: M](x[i] * 0) }
+kernel max_top(x: i16[N], w: u8[M]) -> (y: i16[N]) { y[i] = max[p: M](i16(32767)) }
+kernel min_bottom(x: i16[N], w: u8[M]) -> (y: i16[N]) { y[i] = min[p: M](i16(-32768)) }
+kernel nested(x: u8[N], w: u8[M]) -> (y: u8[N]) { y[i] = sum[k: 1](min[p: M](x[i] - x[i])) }
+kernel plain(x: i32[N], w: i32[M]) -> (y: i32[N]) { y[i] = min[p: M](w[p] + x[i]) }
+"""
+
+
+@pytest.mark.parametrize("extent", [0, 1, 3])
+@pytest.mark.parametrize("name", ["min_zero", "prod_zero", "max_top", "min_bottom", "nested",
+                                  "plain"])
+def test_integer_reduction_whose_body_folds_keeps_its_identity(name, extent):
+    """`minui(acc, 0)` folds to 0 and drops the accumulator's fill: an empty domain must still
+    give the identity (corpus 007-009)."""
+    import tdsl
+    from tdsl.runtime.signature import numpy_dtype
+
+    cpu = tdsl.loads(ABSORBING_REDUCTIONS, filename="absorbing.tdsl")
+    ref = tdsl.loads(ABSORBING_REDUCTIONS, target="reference", filename="absorbing.tdsl")
+    kernel = getattr(cpu, name)
+    x_param, w_param = kernel.signature.inputs
+    x = RNG.integers(1, 100, size=5).astype(numpy_dtype(x_param.type.dtype))
+    w = RNG.integers(1, 100, size=extent).astype(numpy_dtype(w_param.type.dtype))
+    out = np.full(5, 77, dtype=numpy_dtype(kernel.signature.outputs[0].type.dtype))
+    kernel(x, w, y=out)
+    np.testing.assert_array_equal(out, getattr(ref, name)(x, w))
+
+
+NARROWING = """
+kernel f64_f16(x: f64[N]) -> (y: f16[N]) { y = f16(x) }
+kernel f64_bf16(x: f64[N]) -> (y: bf16[N]) { y = bf16(x) }
+kernel i64_bf16(x: i64[N]) -> (y: bf16[N]) { y = bf16(x) }
+kernel i32_bf16(x: i32[N]) -> (y: bf16[N]) { y = bf16(x) }
+kernel bf16_copy(x: bf16[N]) -> (y: bf16[N]) { y[i] = x[0] }
+"""
+
+
+def _near_midpoints(bits: int, wide_bits: int, count: int) -> np.ndarray:
+    """Floats of `wide_bits` mantissa bits a few ulps around the rounding midpoints of a
+    `bits`-bit mantissa (where rounding twice goes wrong), over many exponents."""
+    mant = RNG.integers(0, 1 << bits, size=count)
+    exps = RNG.integers(-30, 30, size=count)
+    mid = (1 + (2 * mant + 1) / (1 << (bits + 1))) * np.exp2(exps.astype(np.float64))
+    nudge = RNG.integers(-3, 4, size=count) * np.exp2(exps - wide_bits + 0.0)
+    values = (mid + nudge) * RNG.choice([-1.0, 1.0], size=count)
+    return values
+
+
+def _bf16_exact(value: float) -> int:
+    """The bits of `value` (an int or float) rounded once to bf16, nearest even, by brute
+    force over the neighbours of its f32 rounding (ml_dtypes rounds f64 -> bf16 twice)."""
+    from fractions import Fraction
+
+    f = Fraction(value)
+    start = int(np.array([float(value)], np.float32).astype(BF16).view(np.uint16)[0])
+    best = None
+    for bits in range(max(start - 2, 0), min(start + 3, 0x10000)):
+        c = np.array([bits], np.uint16).view(BF16)[0]
+        if not np.isfinite(float(c)):
+            continue
+        key = (abs(Fraction(float(c)) - f), bits & 1)
+        best = min(best or (key, bits), (key, bits))
+    return best[1]
+
+
+def test_narrowing_casts_round_once():
+    """f64 -> f16/bf16 and i64/i32 -> bf16 round once (round-to-odd through f32), like numpy
+    for f16; bf16 loads and stores never call libgcc (corpus 001-006)."""
+    import tdsl
+
+    cpu = tdsl.loads(NARROWING, filename="narrowing.tdsl")
+    ref = tdsl.loads(NARROWING, target="reference", filename="narrowing.tdsl")
+    x = np.concatenate([_near_midpoints(10, 52, 20000), _near_midpoints(7, 52, 20000),
+                        [np.inf, -np.inf, np.nan, 0.0, -0.0, 1e300, -1e300, 5e-324, 65520.0,
+                         65519.99, 3.4e38, 3.5e38, 1e-40, -1e-45]])
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(cpu.f64_f16(x).view(np.uint16),
+                                      x.astype(np.float16).view(np.uint16))
+    got = cpu.f64_bf16(x).view(np.uint16)
+    np.testing.assert_array_equal(got, ref.f64_bf16(x).view(np.uint16))
+    for k in range(20000, 20300):
+        assert got[k] == _bf16_exact(float(x[k])), x[k]
+    # i64 around bf16 midpoints: (1.mmmmmmm1 << shift) + a few, beyond f64's precision.
+    shift = RNG.integers(10, 55, size=20000)
+    mant = (1 << 8) | RNG.integers(0, 1 << 7, size=20000) << 1 | 1
+    sign = RNG.choice([-1, 1], size=20000)
+    big = np.array([int(s) * ((int(m) << int(k)) + int(n)) for s, m, k, n in
+                    zip(sign, mant, shift, RNG.integers(-3, 4, size=20000))], dtype=np.int64)
+    big = np.concatenate([big, RNG.integers(-(2 ** 63), 2 ** 63 - 1, size=5000, dtype=np.int64),
+                          [2 ** 63 - 1, -(2 ** 63), 0, 1, -1, 2 ** 62 + 2 ** 54 + 4]])
+    got = cpu.i64_bf16(big).view(np.uint16)
+    np.testing.assert_array_equal(got, ref.i64_bf16(big).view(np.uint16))
+    for k in list(range(300)) + list(range(len(big) - 6, len(big))):
+        assert got[k] == _bf16_exact(int(big[k])), big[k]
+    small = RNG.integers(-(2 ** 31), 2 ** 31 - 1, size=20000, dtype=np.int64).astype(np.int32)
+    np.testing.assert_array_equal(cpu.i32_bf16(small).view(np.uint16),
+                                  ref.i32_bf16(small).view(np.uint16))
+    b = RNG.standard_normal(33).astype(BF16)
+    np.testing.assert_array_equal(cpu.bf16_copy(b).view(np.uint16),
+                                  np.full(33, b[0]).view(np.uint16))
