@@ -48,6 +48,8 @@ from tdsl.gpu_ir import (
 BLOCK_THREADS = 256
 REDUCE_THREADS_MAX = 256
 BLOCK_REDUCE_MIN = 32  # shorter reductions are a thread per output
+_VIEW_OPS = frozenset({"memref.cast", "memref.reinterpret_cast", "memref.subview",
+                       "memref.expand_shape", "memref.collapse_shape"})
 _HOST_PREFIXES = ("arith.", "index.", "affine.apply", "affine.min", "affine.max")
 
 __all__ = ["BLOCK_THREADS", "MappingError", "Mapper", "map_to_gpu"]
@@ -73,8 +75,9 @@ class Mapper:
         self.allocs: list = []
 
     def is_host_op(self, op) -> bool:
-        """Pure index arithmetic on host values (sizes, counts), and constants."""
-        if op.name in ("memref.dim", "arith.constant"):
+        """Pure index arithmetic on host values (sizes, counts), constants, and views of
+        memrefs (a descriptor computed on the host, the data left where it is)."""
+        if op.name in ("memref.dim", "arith.constant") or op.name in _VIEW_OPS:
             return True
         if len(op.regions) or not op.name.startswith(_HOST_PREFIXES):
             return False

@@ -70,21 +70,12 @@ MAX_VOLUME = 300_000  # largest iteration domain of one statement (with its redu
 
 # Constructs with an open bug: not generated unless TDSL_FUZZ_KNOWN=1, so the short fuzz run
 # stays green; each has a minimal repro in the corpus.
-KNOWN_BUGS = {
-    # cpu rounds f64 -> f16/bf16 and i32/i64 -> bf16 twice (through f32); the reference
-    # rounds once (corpus 001-004).
-    ("cast", "f64", "f16"), ("cast", "f64", "bf16"), ("cast", "i64", "bf16"),
-    ("cast", "i32", "bf16"),
-}
+KNOWN_BUGS: set[tuple[str, ...]] = set()  # none open (001-009 are fixed)
 
 
 # Problems of open bugs that only a finished fix can avoid: (a word of the source, a pattern
 # of the problem). Unless TDSL_FUZZ_KNOWN=1, a case whose every problem is known passes.
-KNOWN_PROBLEMS = [
-    # cpu: a bf16 value kept in a register across a loop is stored through libgcc's
-    # __truncsfbf2, which the JIT cannot resolve: the process dies (corpus 005, 006)
-    ("bf16", r"^cpu: the process crashed with signal 11"),
-]
+KNOWN_PROBLEMS: list[tuple[str, str]] = []
 
 
 def _known_allowed() -> bool:
@@ -559,11 +550,8 @@ class Builder:
         new: list[Index] = []
         volume = ctx.volume
         taken = {ix.name for ix in ctx.indices}
-        # cpu: an empty integer min/max/prod whose body folds to a constant loses its identity
-        # (corpus 007-009): no empty ones in the short run
-        nonempty = dtype in INTS and op != "sum" and not self.allow_known
         for _ in range(self.pick([1, 1, 2, 3])):
-            extent = self.pick([d for d in self.dim_pool() if not nonempty or self.value(d)])
+            extent = self.pick(self.dim_pool())
             size = max(self.value(extent), 1)
             if volume * size > MAX_VOLUME:
                 break
@@ -972,11 +960,13 @@ def _tuple(result: Any, n: int) -> tuple:
 
 
 def targets() -> list[str]:
-    """The compiled targets to test (TDSL_TEST_TARGETS; the reference is the oracle)."""
-    names = os.environ.get("TDSL_TEST_TARGETS", "reference,cpu").split(",")
+    """The compiled targets to fuzz (TDSL_FUZZ_TARGETS, default cpu and emulator: the GPU
+    mapping run by tdsl.runtime.gpu_emulator; add cuda on a machine with a GPU). The
+    reference is the oracle."""
+    names = os.environ.get("TDSL_FUZZ_TARGETS", "cpu,emulator").split(",")
     found = []
     for name in names:
-        if name == "cpu":
+        if name in ("cpu", "emulator"):
             try:
                 import tdsl.pipelines  # noqa: F401 - the MLIR bindings
             except ImportError:
@@ -984,6 +974,15 @@ def targets() -> list[str]:
         if name and name != "reference":
             found.append(name)
     return found
+
+
+def available_targets() -> list[str]:
+    """Every compiled target this machine can run (corpus entries replay on all of theirs)."""
+    try:
+        import tdsl.pipelines  # noqa: F401 - the MLIR bindings
+    except ImportError:
+        return []
+    return ["cpu", "emulator"]
 
 
 def run_case(case: Case, target_names: list[str] | None = None) -> list[str]:
@@ -1035,8 +1034,13 @@ def _on_target(case: Case, target: str, program, checked, inputs: list[Any], wan
     sig = checked.signature
     with _no_disk_cache():
         try:
-            factory = api._executable_factory(target)
-            compiled = api.Kernel(sig, target, lambda: factory(checked, program))
+            if target == "emulator":  # the GPU mapping, run block by block on the CPU
+                from tdsl.runtime.gpu_emulator import EmulatedExecutable
+
+                compiled = api.Kernel(sig, target, lambda: EmulatedExecutable(checked))
+            else:
+                factory = api._executable_factory(target)
+                compiled = api.Kernel(sig, target, lambda: factory(checked, program))
             compiled.executable()
         except Exception as exc:  # noqa: BLE001 - any failure to compile is a finding
             return [f"{target}: compiling raised {type(exc).__name__}: {exc}"]

@@ -32,8 +32,11 @@ def _params():
 @pytest.mark.parametrize("path", _params())
 def test_corpus_entry(path: Path) -> None:
     case, record = gen.load_case(path)
-    problems = gen.run_case(case, [t for t in gen.targets()
-                                   if t in record.get("targets", gen.targets())])
+    available = gen.available_targets()
+    wanted = [t for t in record.get("targets", available) if t in available]
+    if not wanted:
+        pytest.skip(f"none of the targets {record.get('targets')} is available here")
+    problems = gen.run_case(case, wanted)
     assert not problems, f"{path.name}:\n{case.source}\n" + "\n".join(problems)
 
 
