@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 METADATA_SYMBOL = "tdsl_metadata"
@@ -58,6 +56,9 @@ def _openmp_flags(objects: list[bytes]) -> list[str]:
 
 def link_shared(objects: list[bytes], output: str | os.PathLike[str]) -> Path:
     """Link host object files into a shared library at `output` (written atomically)."""
+    import subprocess  # here: the runtime imports this module only for find_linker
+    import tempfile
+
     linker = find_linker()
     if linker is None:
         raise LinkError("no C compiler driver (cc, gcc or clang) found to link a shared "

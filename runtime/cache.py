@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -27,7 +28,6 @@ import stat
 import tempfile
 import time
 import warnings
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 FORMAT = 1
@@ -148,11 +148,26 @@ def host_id() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _version(package: str) -> str:
+def _installed(package: str, file: str) -> str:
+    """A stamp of a file of an installed top-level package (path, size and mtime: a reinstall
+    or an upgrade changes it), found without importing the package or `importlib.metadata`
+    (slow)."""
     try:
-        return importlib_metadata.version(package)
-    except importlib_metadata.PackageNotFoundError:
-        return "none"
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return f"{package}:none"
+    return _file_stamp(os.path.join(list(spec.submodule_search_locations)[0], file))
+
+
+def _file_stamp(path: str | None) -> str:
+    """A file's path, size and modification time."""
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        st = None
+    return f"{path}:{st.st_size}:{st.st_mtime_ns}" if st else f"{path}:none"
 
 
 @functools.lru_cache(maxsize=1)
@@ -168,8 +183,11 @@ def toolchain_id() -> str:
             if path.suffix in (".py", ".lark"):
                 st = path.stat()
                 stamp.append(f"{folder}/{path.name}:{st.st_size}:{st.st_mtime_ns}")
-    versions = [tdsl.__version__, _version("xtc-mlir-python-bindings"), _version("llvmlite"),
-                _version("cmeel-libomp")]
+    from tdsl.runtime.threads import libomp_path
+
+    versions = [tdsl.__version__, _installed("mlir", "_mlir_libs/__init__.py"),
+                _installed("llvmlite", "__init__.py"),
+                _file_stamp(libomp_path())]
     return hashlib.sha256("\n".join(versions + stamp).encode()).hexdigest()[:16]
 
 

@@ -41,8 +41,8 @@ def _data_offset() -> int | None:
     live arrays; None disables the fast path (an unusual interpreter build)."""
     probes = [np.empty(3), np.zeros((2, 5), np.int8)[:, 1:]]
     for offset in (16,):
-        if all(ctypes.c_void_p.from_address(id(a) + offset).value == a.ctypes.data
-               for a in probes):
+        if all(ctypes.c_void_p.from_address(id(a) + offset).value ==
+               a.__array_interface__["data"][0] for a in probes):
             return offset
     return None
 

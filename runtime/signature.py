@@ -19,13 +19,6 @@ import numpy as np
 
 from tdsl.types import Affine, DType, TensorType
 
-try:  # ml_dtypes gives numpy a bfloat16; without it bf16 kernels cannot be called.
-    import ml_dtypes
-
-    _BF16: np.dtype | None = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is a core dependency
-    _BF16 = None
-
 _NUMPY_DTYPES = {
     DType.BOOL: np.dtype(np.bool_), DType.I8: np.dtype(np.int8), DType.I16: np.dtype(np.int16),
     DType.I32: np.dtype(np.int32), DType.I64: np.dtype(np.int64), DType.U8: np.dtype(np.uint8),
@@ -73,10 +66,18 @@ def memory_bytes() -> int | None:
 def numpy_dtype(dtype: DType) -> np.dtype:
     """The numpy dtype of a tdsl dtype (bf16 is `ml_dtypes.bfloat16`)."""
     if dtype is DType.BF16:
-        if _BF16 is None:
-            raise TypeError("bf16 needs the ml_dtypes package")
-        return _BF16
+        return _bf16()
     return _NUMPY_DTYPES[dtype]
+
+
+@functools.lru_cache(maxsize=1)
+def _bf16() -> np.dtype:
+    """numpy's bfloat16, from ml_dtypes, imported on first use (it costs ~15 ms)."""
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover - ml_dtypes is a core dependency
+        raise TypeError("bf16 needs the ml_dtypes package") from None
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 def describe_value(value: Any) -> str:

@@ -26,8 +26,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import sys
 import threading
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 BLOCKTIME_MS = 1
@@ -43,6 +43,13 @@ def libomp_path() -> str | None:
     configured = os.environ.get("TDSL_LIBOMP")
     if configured:
         return configured if os.path.exists(configured) else None
+    for entry in sys.path:  # where the wheel puts it: <site-packages>/cmeel.prefix/lib
+        for name in ("libomp.so", "libomp.dylib"):
+            path = Path(entry or ".") / "cmeel.prefix" / "lib" / name
+            if path.is_file():
+                return str(path.resolve())
+    from importlib import metadata as importlib_metadata  # slow: only when not found above
+
     try:
         dist = importlib_metadata.distribution("cmeel-libomp")
     except importlib_metadata.PackageNotFoundError:
