@@ -21,6 +21,7 @@ from collections.abc import Callable
 import ml_dtypes
 import numpy as np
 
+from tdsl.runtime.signature import f64_to_bf16
 from tdsl.types import DType
 
 CONTRACT = " fastmath<contract>"
@@ -63,8 +64,12 @@ def compute_dtype(dtype: DType) -> DType:
 def float_literal(value: float, dtype: DType) -> str:
     """An exact hexadecimal MLIR float literal (covers inf, nan and signed zeros)."""
     ftype, itype = _FLOAT_BITS[dtype]
-    with np.errstate(over="ignore"):
-        bits = int(np.array(value, dtype=ftype).view(itype))
+    with np.errstate(over="ignore", invalid="ignore"):
+        if dtype is DType.BF16:  # rounded once, like the cast at run time
+            rounded = f64_to_bf16(np.array(value, dtype=np.float64))
+        else:
+            rounded = np.array(value, dtype=ftype)
+        bits = int(rounded.view(itype))
     width = np.dtype(itype).itemsize * 2
     return f"0x{bits:0{width}X}"
 

@@ -55,7 +55,7 @@ from tdsl.checked import (
     SymbolVal,
     Unary,
 )
-from tdsl.runtime.signature import BoundCall, numpy_dtype
+from tdsl.runtime.signature import BoundCall, f64_to_bf16, numpy_dtype
 from tdsl.types import Affine, Atom, DType
 
 CHUNK_ELEMENTS = 1 << 24  # largest reduction domain materialized at once (generic path)
@@ -429,7 +429,7 @@ def convert(x: Array, src: DType, dst: DType) -> Array:
         wide = _i64_to_f64_odd(x) if src is DType.I64 else x.astype(_F64)
         return convert(wide, DType.F64, dst)
     if dst is DType.BF16:
-        return _f64_to_bf16(x) if src is DType.F64 else x.astype(_F32).astype(numpy_dtype(dst))
+        return f64_to_bf16(x) if src is DType.F64 else x.astype(_F32).astype(numpy_dtype(dst))
     return (x.astype(_F32) if src is DType.BF16 else x).astype(numpy_dtype(dst))
 
 
@@ -452,14 +452,3 @@ def _i64_to_f64_odd(x: Array) -> Array:
     odd = (near_f.view(np.uint64) & 1) == 1
     toward = np.where(diff > 0, np.inf, -np.inf)
     return np.asarray(np.where((diff == 0) | odd, near_f, np.nextafter(near_f, toward)))
-
-
-def _f64_to_bf16(x: Array) -> Array:
-    """f64 -> bf16 rounded to nearest even once: round to odd at f32 precision, then to bf16
-    (ml_dtypes rounds f64 through f32 to nearest twice)."""
-    f = x.astype(_F32)
-    inexact = np.isfinite(x) & (f.astype(_F64) != x)
-    even = (f.view(np.uint32) & 1) == 0
-    toward = np.where(x > f, np.float32(np.inf), np.float32(-np.inf))
-    f = np.where(inexact & even, np.nextafter(f, toward), f)
-    return np.asarray(f.astype(numpy_dtype(DType.BF16)))

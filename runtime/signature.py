@@ -449,6 +449,17 @@ def _weak_float(value: int | float, dtype: DType, want: np.dtype) -> np.ndarray:
         return np.asarray(value, dtype=want)
 
 
+def f64_to_bf16(x: np.ndarray) -> np.ndarray:
+    """f64 -> bf16 rounded to nearest even once: round to odd at f32 precision, then to bf16
+    (ml_dtypes rounds f64 through f32 to nearest twice)."""
+    f = x.astype(np.float32)
+    inexact = np.isfinite(x) & (f.astype(np.float64) != x)
+    even = (f.view(np.uint32) & 1) == 0
+    toward = np.where(x > f, np.float32(np.inf), np.float32(-np.inf))
+    f = np.where(inexact & even, np.nextafter(f, toward), f)
+    return np.asarray(f.astype(numpy_dtype(DType.BF16)))
+
+
 def _numpy_name(dtype: DType) -> str:
     return "ml_dtypes.bfloat16" if dtype is DType.BF16 else f"np.{numpy_dtype(dtype).name}"
 
