@@ -103,7 +103,7 @@ class Module:
         self.filename = filename
         self.target = target
         for name, kernel in kernels.items():  # plain attributes: no __getattr__ per call
-            if not hasattr(self, name):
+            if not hasattr(type(self), name) and name not in self.__dict__:
                 self.__dict__[name] = kernel
 
     def __getattr__(self, name: str) -> Kernel:

@@ -28,6 +28,7 @@ import numpy as np
 
 from tdsl.runtime import threads
 from tdsl.runtime.signature import BoundCall, Signature, numpy_dtype
+from tdsl.types import DType
 
 if TYPE_CHECKING:
     from tdsl.checked import Kernel
@@ -70,6 +71,18 @@ def _describe(a: np.ndarray, slots: list[int]) -> tuple[int, int]:
     if 0 in shape:
         return ptr, ptr
     return ptr, ptr + size + sum((n - 1) * s for n, s in zip(shape, strides))
+
+
+def _quick_scalar(dtype: DType) -> tuple[type, float, float, np.dtype] | None:
+    """(Python type, low, high, numpy dtype) of the Python scalars that `np.array(v, dtype)`
+    converts exactly like `Signature.bind` does (in range: no overflow, no warning)."""
+    if dtype in (DType.F32, DType.F64):
+        high = float(np.finfo(numpy_dtype(dtype)).max)
+        return float, -high, high, numpy_dtype(dtype)
+    if dtype.is_int:
+        low, high = dtype.int_range
+        return int, low, high, numpy_dtype(dtype)
+    return None
 
 
 def _describe_row_major(shape: tuple[int, ...], slots: list[int]) -> None:
@@ -119,6 +132,8 @@ class CpuExecutable:
         self._plans: dict[tuple, _Plan | None | bool] = {}
         self._scalar_inputs = [p.type.rank == 0 for p in self.signature.inputs]
         self._input_count = len(self.signature.inputs)
+        self._quick_scalars = [_quick_scalar(p.type.dtype) if p.type.rank == 0 else None
+                               for p in self.signature.inputs]
         self._fast = None
         if self.fast_address and _DATA_OFFSET is not None:
             arity = len(self.signature.inputs) + len(self.signature.outputs)
@@ -137,19 +152,14 @@ class CpuExecutable:
         if fast is None or len(args) != self._input_count:
             return None
         key = []
-        convert = False
         for a in args:
-            if type(a) is np.ndarray:
+            if type(a) is np.ndarray and a.flags.aligned:
                 key.append((a.dtype, a.shape, a.strides))
             else:
                 key.append(None)
-                convert = True
-        if convert:
+        if None in key:
             args = self._convert_scalars(args, key)
             if args is None:
-                return None
-        for a in args:
-            if not a.flags.aligned:
                 return None
         key = tuple(key)
         plan = self._plans.get(key, False)
@@ -157,25 +167,23 @@ class CpuExecutable:
             plan = self._make_plan(key, args)
         if plan is None:
             return None
-        if plan.single is not None:
-            out = np.empty(*plan.single)
-            self._launch(fast, plan.template_address, args, (out,))
-            return out[()] if plan.scalar_results else out
-        outs = [np.empty(shape, dtype) for shape, dtype in plan.outputs]
-        self._launch(fast, plan.template_address, args, outs)
+        single = plan.single
+        outs = (np.empty(*single),) if single else tuple(np.empty(shape, dtype) for shape, dtype
+                                                         in plan.outputs)
+        omp = self._omp
+        if omp is not None:
+            threads.enter_call(omp)
+            try:
+                fast(plan.template_address, _DATA_OFFSET, *args, *outs)
+            finally:
+                threads.exit_call()
+        else:
+            fast(plan.template_address, _DATA_OFFSET, *args, *outs)
+        if single:
+            return outs[0][()] if plan.scalar_results else outs[0]
         if plan.scalar_results:
-            outs = [o[()] if o.ndim == 0 else o for o in outs]
-        return tuple(outs)
-
-    def _launch(self, fast: Any, template: int, args: tuple, outs: Any) -> None:
-        if self._omp is None:
-            fast(template, _DATA_OFFSET, *args, *outs)
-            return
-        threads.enter_call(self._omp)
-        try:
-            fast(template, _DATA_OFFSET, *args, *outs)
-        finally:
-            threads.exit_call()
+            return tuple(o[()] if o.ndim == 0 else o for o in outs)
+        return outs
 
     def _convert_scalars(self, args: tuple, key: list) -> tuple | None:
         """Python and numpy scalars for rank-0 inputs as rank-0 arrays; None when some other
@@ -184,10 +192,14 @@ class CpuExecutable:
         for index, (a, k) in enumerate(zip(args, key)):
             if k is not None:
                 converted.append(a)
-            elif self._scalar_inputs[index]:
-                converted.append(self.signature.input_array(index, a))
+            elif self._scalar_inputs[index] and not isinstance(a, np.ndarray):
+                quick = self._quick_scalars[index]
+                if quick is not None and type(a) is quick[0] and quick[1] <= a <= quick[2]:
+                    converted.append(np.array(a, quick[3]))  # exact, or rounded once
+                else:
+                    converted.append(self.signature.input_array(index, a))
             else:
-                return None
+                return None  # an unaligned array, a subclass, a list
         return tuple(converted)
 
     def _make_plan(self, key: tuple, args: tuple) -> _Plan | None:
