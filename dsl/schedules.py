@@ -18,11 +18,16 @@ per chunk, not per row. Applies only when every intermediate is indexed by the r
 dimensions in the same positions ("row-local"): a column softmax is left alone.
 
 Contractions (`contraction`): a generic `C[m, n] += A[m, k] * B[k, n]` (`A` or `A^T`; `B^T`
-keeps the plain loops: its NR-wide vectors would be gathers) is interchanged to (m, n, k),
-tiled for the caches (`MC x NC x KC`, its `fill` fused in), then into `MR x NR x 1` register tiles; the row and column loops are peeled so the
-main tiles have static shapes, vectorized (`vector.contract`), and the accumulator tile is
-hoisted out of the `k` loop (`hoist_loop_invariant_subsets`: kept in registers). Remainder
-tiles stay as loops (interchanged back to `m, k, n` so LLVM vectorizes their rows). Vector
+keeps the plain loops: its NR-wide vectors would be gathers) is interchanged to (m, n, k) and
+tiled the way BLIS does: NC columns (its `fill` fused in), KC slices of k, MC rows, then
+`NR x MR x 1` register tiles; the column and row loops are peeled so the main tiles have
+static shapes. The A and B slices of the main tiles are packed: padded without folding (a
+copy) and the copies hoisted out of the register loops (`hoist_pad`), so B's KC x NR panels
+are copied once per (NC, KC) block into a contiguous buffer, A's MR x KC panels once per
+(MC, KC) block (no 4 KiB-stride cache aliasing, prefetchable streams). The tile is
+vectorized (`vector.contract`) and its accumulators hoisted out of the `k` loop
+(`hoist_loop_invariant_subsets`: kept in registers). Remainder tiles stay as loops
+(interchanged back to `m, k, n` so LLVM vectorizes their rows). Vector
 loads need a unit innermost stride, so such kernels are versioned: `@tdsl_k_<name>` checks the
 innermost strides at run time and calls `_unit` (scheduled, memrefs `strided<[?, 1]>`) or
 `_any` (the plain loops). Epilogues (bias, activation) run as their own loop over the result.
@@ -255,13 +260,19 @@ def rows_script(func_symbol: str, n_ops: int, root_loops: int, tiled: tuple[int,
 # ---- contractions --------------------------------------------------------------------------
 
 
-def contraction_script(func_symbol: str, n_ops: int, index: int, mnk: tuple[int, int, int],
-                       tiles: ContractionTiles) -> str:
-    """The transform script of one 2-D contraction (linalg op `index` of `n_ops`)."""
+def contraction_script(func_symbol: str, n_ops: int, index: int,
+                       mnk: tuple[int, int, int], tiles: ContractionTiles, elem: str) -> str:
+    """The transform script of one 2-D contraction (linalg op `index` of `n_ops`), tiled the
+    way BLIS does: loops jc (NC columns, the fill fused) -> pc (KC, peeled) -> ic (MC rows) ->
+    jr (NR, peeled) -> ir (MR, peeled) -> k. In the full KC blocks the operand slices of the
+    main register tiles are padded without folding (`pad`: a copy) and the copies hoisted
+    (`hoist_pad`): B's KC x NR panels once per (jc, pc) into a contiguous `[NC/NR][KC][NR]`
+    buffer, A's MR x KC panels once per (ic, pc) into `[MC/MR][MR][KC]`. The partial last KC
+    block (all of k when K < KC) keeps unpacked register tiles, so a short k is never padded."""
     m, n, k = mnk
     a = "!transform.any_op"
-    loop = '!transform.op<"scf.for">'
     names = [f"%p{i}" for i in range(n_ops)]
+    zero = f"0.0 : {elem}"
     lines = [
         f'%f = transform.structured.match ops{{["func.func"]}} '
         f'attributes{{sym_name = "{func_symbol}"}} in %arg0 : ({a}) -> {a}',
@@ -269,53 +280,89 @@ def contraction_script(func_symbol: str, n_ops: int, index: int, mnk: tuple[int,
         f"{', '.join(names)} = transform.split_handle %all : ({a}) -> ({', '.join([a] * n_ops)})",
         f"%mnk = transform.structured.interchange %p{index} iterator_interchange = "
         f"[{m}, {n}, {k}] : ({a}) -> {a}",
-        # cache tiles: MC x NC blocks (the fill fused in), then KC slices of k
-        f"%t0, %l0:2 = transform.structured.fuse %mnk tile_sizes [{tiles.mc}, {tiles.nc}, 0] "
-        f"{{apply_cleanup}} : ({a}) -> ({a}, {a}, {a})",
+        f"%t0, %l0 = transform.structured.fuse %mnk tile_sizes [0, {tiles.nc}, 0] "
+        f"{{apply_cleanup}} : ({a}) -> ({a}, {a})",
         f"%t1, %l1 = transform.structured.tile_using_for %t0 tile_sizes [0, 0, {tiles.kc}] "
         f": ({a}) -> ({a}, {a})",
-        # register tiles: MR rows (peeled), NR columns (peeled), k one at a time
-        f"%t2, %l2 = transform.structured.tile_using_for %t1 tile_sizes [{tiles.mr}, 0, 0] "
+        *_peel("%l1", "%k_full", "%k_part"),
+        f"%g_full = transform.structured.match ops{{[\"linalg.generic\"]}} in %k_full "
+        f": ({a}) -> {a}",
+        f"%g_part = transform.structured.match ops{{[\"linalg.generic\"]}} in %k_part "
+        f": ({a}) -> {a}",
+        # full KC blocks: MC rows, then packed register tiles
+        f"%t2, %l2 = transform.structured.tile_using_for %g_full tile_sizes [{tiles.mc}, 0, 0] "
         f": ({a}) -> ({a}, {a})",
-        f"%l2f = transform.cast %l2 : {a} to {loop}",
-        f"%m_main, %m_rest = transform.loop.peel %l2f {{fail_if_already_divisible = false}} "
-        f": ({loop}) -> ({a}, {a})",
-        f"%g_main = transform.structured.match ops{{[\"linalg.generic\"]}} in %m_main "
-        f": ({a}) -> {a}",
-        f"%t3, %l3 = transform.structured.tile_using_for %g_main tile_sizes [0, {tiles.nr}, 0] "
+        *_register_tiles("%t2", "f", tiles),
+        f"transform.apply_patterns to %f {{ "
+        f"transform.apply_patterns.tensor.merge_consecutive_insert_extract_slice "
+        f"transform.apply_patterns.canonicalization }} : {a}",
+        f"%padded, %pads, %copy_back = transform.structured.pad %g_f {{"
+        f"padding_values = [{zero}, {zero}, {zero}], padding_dimensions = [0, 1, 2], "
+        f'nofold_flags = [1, 1, 0], copy_back_op = "none"}} : ({a}) -> ({a}, {a}, {a})',
+        f"%pad_b = transform.get_producer_of_operand %padded[1] : ({a}) -> {a}",
+        f"%hoisted_b = transform.structured.hoist_pad %pad_b by 3 loops : ({a}) -> {a}",
+        f"%pad_a = transform.get_producer_of_operand %padded[0] : ({a}) -> {a}",
+        f"%hoisted_a = transform.structured.hoist_pad %pad_a by 2 loops : ({a}) -> {a}",
+        f"%tile_f, %lk_f = transform.structured.tile_using_for %padded tile_sizes [0, 0, 1] "
         f": ({a}) -> ({a}, {a})",
-        f"%l3f = transform.cast %l3 : {a} to {loop}",
-        f"%n_main, %n_rest = transform.loop.peel %l3f {{fail_if_already_divisible = false}} "
-        f": ({loop}) -> ({a}, {a})",
-        f"%g_tile = transform.structured.match ops{{[\"linalg.generic\"]}} in %n_main "
-        f": ({a}) -> {a}",
-        f"%t4, %l4 = transform.structured.tile_using_for %g_tile tile_sizes [0, 0, 1] "
+        # the partial KC block: MC rows, plain register tiles
+        f"%t3, %l3 = transform.structured.tile_using_for %g_part tile_sizes [{tiles.mc}, 0, 0] "
         f": ({a}) -> ({a}, {a})",
-        # remainders: plain loops, rows innermost-contiguous (m, k, n) for LLVM's vectorizer
-        f"%r1 = transform.structured.match ops{{[\"linalg.generic\"]}} in %n_rest "
-        f": ({a}) -> {a}",
-        f"%r2 = transform.structured.match ops{{[\"linalg.generic\"]}} in %m_rest "
-        f": ({a}) -> {a}",
-        f"%r1i = transform.structured.interchange %r1 iterator_interchange = [0, 2, 1] "
-        f": ({a}) -> {a}",
-        f"%r2i = transform.structured.interchange %r2 iterator_interchange = [0, 2, 1] "
-        f": ({a}) -> {a}",
+        *_register_tiles("%t3", "p", tiles),
+        f"%tile_p, %lk_p = transform.structured.tile_using_for %g_p tile_sizes [0, 0, 1] "
+        f": ({a}) -> ({a}, {a})",
         f"transform.apply_patterns to %f {{ transform.apply_patterns.canonicalization }} : {a}",
-        # keep the C tile in registers across k, vectorize the full tile
-        f"%fl0 = transform.structured.match ops{{[\"scf.for\"]}} in %f : ({a}) -> {loop}",
-        f"transform.loop.hoist_loop_invariant_subsets %fl0 : {loop}",
-        f"%kernel = transform.structured.match ops{{[\"linalg.generic\"]}} in %n_main "
-        f": ({a}) -> {a}",
-        f"transform.structured.vectorize %kernel : {a}",
+        *_hoist_accumulators("%fl0"),
+        f"transform.structured.vectorize %tile_f : {a}",
+        f"transform.structured.vectorize %tile_p : {a}",
         f"transform.apply_patterns to %f {{ "
         f"transform.apply_patterns.vector.transfer_permutation_patterns "
         f"transform.apply_patterns.vector.reduction_to_contract "
         f"transform.apply_patterns.vector.cast_away_vector_leading_one_dim "
         f"transform.apply_patterns.canonicalization }} : {a}",
-        f"%fl1 = transform.structured.match ops{{[\"scf.for\"]}} in %f : ({a}) -> {loop}",
-        f"transform.loop.hoist_loop_invariant_subsets %fl1 : {loop}",
+        *_hoist_accumulators("%fl1"),
     ]
     return _sequence(lines)
+
+
+def _peel(loop: str, main: str, rest: str) -> list[str]:
+    """Peel an `scf.for` handle into its full iterations and its partial last one."""
+    a, for_op = "!transform.any_op", '!transform.op<"scf.for">'
+    cast = f"{loop}_for"
+    return [f"{cast} = transform.cast {loop} : {a} to {for_op}",
+            f"{main}, {rest} = transform.loop.peel {cast} {{fail_if_already_divisible = false}} "
+            f": ({for_op}) -> ({a}, {a})"]
+
+
+def _register_tiles(op: str, tag: str, tiles: ContractionTiles) -> list[str]:
+    """NR columns (peeled), then MR rows (peeled) of a tiled contraction; `%g_<tag>` is the
+    static MR x NR tile, its remainders become plain loops in (m, k, n) order so that LLVM
+    vectorizes their rows."""
+    a = "!transform.any_op"
+    generic = 'ops{["linalg.generic"]}'
+    return [
+        f"%tn_{tag}, %ln_{tag} = transform.structured.tile_using_for {op} tile_sizes "
+        f"[0, {tiles.nr}, 0] : ({a}) -> ({a}, {a})",
+        *_peel(f"%ln_{tag}", f"%n_main_{tag}", f"%n_rest_{tag}"),
+        f"%gn_{tag} = transform.structured.match {generic} in %n_main_{tag} : ({a}) -> {a}",
+        f"%tm_{tag}, %lm_{tag} = transform.structured.tile_using_for %gn_{tag} tile_sizes "
+        f"[{tiles.mr}, 0, 0] : ({a}) -> ({a}, {a})",
+        *_peel(f"%lm_{tag}", f"%m_main_{tag}", f"%m_rest_{tag}"),
+        f"%g_{tag} = transform.structured.match {generic} in %m_main_{tag} : ({a}) -> {a}",
+        f"%rn_{tag} = transform.structured.match {generic} in %n_rest_{tag} : ({a}) -> {a}",
+        f"%rm_{tag} = transform.structured.match {generic} in %m_rest_{tag} : ({a}) -> {a}",
+        f"%rni_{tag} = transform.structured.interchange %rn_{tag} iterator_interchange = "
+        f"[0, 2, 1] : ({a}) -> {a}",
+        f"%rmi_{tag} = transform.structured.interchange %rm_{tag} iterator_interchange = "
+        f"[0, 2, 1] : ({a}) -> {a}",
+    ]
+
+
+def _hoist_accumulators(name: str) -> list[str]:
+    """Keep loop-invariant tensor subsets (the C tile) in registers across the k loops."""
+    a, for_op = "!transform.any_op", '!transform.op<"scf.for">'
+    return [f'{name} = transform.structured.match ops{{["scf.for"]}} in %f : ({a}) -> {for_op}',
+            f"transform.loop.hoist_loop_invariant_subsets {name} : {for_op}"]
 
 
 LOWER_VECTORS_SCRIPT = """
@@ -430,7 +477,8 @@ def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
         if mnk is None:
             continue
         tiles = contraction_tiles(h, info.elem_bits)
-        script = contraction_script(symbol + _UNIT, len(infos), index, mnk, tiles)
+        script = contraction_script(symbol + _UNIT, len(infos), index, mnk, tiles,
+                                    f"f{info.elem_bits}")
         return Plan("contraction", script, versioned=True)
     t = _row_plan(infos)
     if not t:
