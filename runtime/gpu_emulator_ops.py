@@ -156,6 +156,8 @@ def _fpto(x, target: np.dtype, unsigned: bool):
 
 def _int_to_float(x, target: np.dtype, unsigned: bool):
     x = np.asarray(x)
+    if not unsigned and x.dtype.kind == "u":  # signless storage read back as unsigned
+        x = x.view(np.dtype(f"int{x.dtype.itemsize * 8}"))
     return (_unsigned(x) if unsigned else x).astype(np.float64).astype(target) \
         if target.itemsize < 8 else (_unsigned(x) if unsigned else x).astype(target)
 
