@@ -198,9 +198,43 @@ def _tag_threshold(par) -> None:
         inner = _inner_work(par, par, at)
         with at:
             work = arith.muli(_trip(operands[0], operands[1], operands[2]), inner)
+            for size in _argument_sizes(par):
+                work = arith.maxsi(work, size)
             limit = arith.constant(_index_type(), PARALLEL_WORK)
             cond = arith.cmpi(arith.CmpIPredicate.sge, work, limit)
         cond.owner.attributes[PARALLEL_IF_ATTR] = ir.UnitAttr.get()
+
+
+def _argument_sizes(par) -> list:
+    """The element counts of the function's memref arguments that the loop uses, computed
+    before it: tiled loops (a contraction split into one chunk per core) have few iterations
+    of unknown size, but the arrays they touch tell the work."""
+    from mlir import ir
+    from mlir.dialects import arith, memref
+
+    used: list = []
+
+    def walk(op) -> None:
+        for region in op.regions:
+            for block in region.blocks:
+                for child in block.operations:
+                    for value in child.operation.operands:
+                        owner = value.owner
+                        if isinstance(owner, ir.Block) and \
+                                owner.owner.operation.name == "func.func" \
+                                and isinstance(value.type, ir.MemRefType) and value not in used:
+                            used.append(value)
+                    walk(child.operation)
+
+    walk(par)
+    sizes = []
+    with ir.InsertionPoint(par):
+        for value in used:
+            total = arith.constant(_index_type(), 1)
+            for d in range(ir.MemRefType(value.type).rank):
+                total = arith.muli(total, memref.dim(value, arith.constant(_index_type(), d)))
+            sizes.append(total)
+    return sizes
 
 
 def attach_parallel_if(module) -> int:

@@ -261,7 +261,8 @@ def rows_script(func_symbol: str, n_ops: int, root_loops: int, tiled: tuple[int,
 
 
 def contraction_script(func_symbol: str, n_ops: int, index: int,
-                       mnk: tuple[int, int, int], tiles: ContractionTiles, elem: str) -> str:
+                       mnk: tuple[int, int, int], tiles: ContractionTiles, elem: str,
+                       cores: int = 1) -> str:
     """The transform script of one 2-D contraction (linalg op `index` of `n_ops`), tiled the
     way BLIS does: loops jc (NC columns, the fill fused) -> pc (KC, peeled) -> ic (MC rows) ->
     jr (NR, peeled) -> ir (MR, peeled) -> k. In the full KC blocks the operand slices of the
@@ -280,7 +281,8 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         f"{', '.join(names)} = transform.split_handle %all : ({a}) -> ({', '.join([a] * n_ops)})",
         f"%mnk = transform.structured.interchange %p{index} iterator_interchange = "
         f"[{m}, {n}, {k}] : ({a}) -> {a}",
-        f"%t0, %l0 = transform.structured.fuse %mnk tile_sizes [0, {tiles.nc}, 0] "
+        *_thread_chunks("%mnk", "%mine", cores),
+        f"%t0, %l0 = transform.structured.fuse %mine tile_sizes [0, {tiles.nc}, 0] "
         f"{{apply_cleanup}} : ({a}) -> ({a}, {a})",
         f"%t1, %l1 = transform.structured.tile_using_for %t0 tile_sizes [0, 0, {tiles.kc}] "
         f": ({a}) -> ({a}, {a})",
@@ -323,6 +325,21 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         *_hoist_accumulators("%fl1"),
     ]
     return _sequence(lines)
+
+
+def _thread_chunks(op: str, chunk: str, cores: int) -> list[str]:
+    """Split the rows of a contraction into one chunk per core (an `scf.forall`, run by the
+    OpenMP runtime), its `fill` fused into each chunk; `chunk` names the tiled op."""
+    a = "!transform.any_op"
+    if cores <= 1:
+        return [f"{chunk} = transform.cast {op} : {a} to {a}"]
+    return [
+        f"%fill = transform.get_producer_of_operand {op}[2] : ({a}) -> {a}",
+        f"{chunk}, %chunks = transform.structured.tile_using_forall {op} "
+        f"num_threads [{cores}, 0, 0] : ({a}) -> ({a}, {a})",
+        f"%fill_chunk, %chunks2 = transform.structured.fuse_into_containing_op %fill into "
+        f"%chunks : ({a}, {a}) -> ({a}, {a})",
+    ]
 
 
 def _peel(loop: str, main: str, rest: str) -> list[str]:
@@ -478,7 +495,7 @@ def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
             continue
         tiles = contraction_tiles(h, info.elem_bits)
         script = contraction_script(symbol + _UNIT, len(infos), index, mnk, tiles,
-                                    f"f{info.elem_bits}")
+                                    f"f{info.elem_bits}", h.cores)
         return Plan("contraction", script, versioned=True)
     t = _row_plan(infos)
     if not t:
