@@ -2,6 +2,7 @@
 
     mod = tdsl.load("softmax.tdsl")            # check and compile (or take from the cache)
     y = mod.softmax(x)                          # call a kernel on numpy arrays
+    tdsl.cuda.to_device(x)                      # GPU arrays for target="cuda" (tdsl.cuda)
 
 The package is light to import: the parser and the compiler load on first use.
 """
@@ -18,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Kernel", "Module", "TdslError", "__version__", "load", "loads"]
 
+_SUBMODULES = ("cuda",)
 _LAZY = {"load": "tdsl.api", "loads": "tdsl.api", "Module": "tdsl.api", "Kernel": "tdsl.api",
          "TdslError": "tdsl.source", "load_library": "tdsl.runtime.aot"}
 
@@ -27,4 +29,8 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:  # `import tdsl; tdsl.cuda.to_device(x)`
+        import importlib
+
+        return importlib.import_module(f"tdsl.{name}")
     raise AttributeError(f"module 'tdsl' has no attribute {name!r}")

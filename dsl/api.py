@@ -1,7 +1,10 @@
 """The Python API: `load`, `loads` and the module and kernel objects they return.
 
 A kernel call validates its arguments through the kernel's `Signature` (the same code for
-every target), allocates the outputs it was not given, and runs the target's executable.
+every target), allocates the outputs it was not given, and runs the target's executable. On
+the cuda target, a call with a device array (or another DLPack object) goes to the
+executable's own `__call__` (`tdsl.runtime.device_array.bind_device_call`), which validates
+with the same `Signature`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ class Kernel:
     """A callable kernel of a loaded module.
 
     Call it with the inputs (positionally or by name); it returns the outputs (a tuple when
-    there are several), or writes into arrays passed by output name.
+    there are several), or writes into arrays passed by output name. On the cuda target the
+    arrays may also be device arrays (`tdsl.cuda`): outputs the call allocates are then
+    `tdsl.cuda.DeviceArray`s.
     """
 
     def __init__(self, signature: Signature, target: str,
@@ -68,6 +73,11 @@ class Kernel:
             result = self._fast_call(args)
             if result is not None:
                 return result
+        if self.target == "cuda":
+            from tdsl.runtime.device_array import device_call_needed
+
+            if device_call_needed(args, kwargs):
+                return self._device_call(args, kwargs)
         call = self.signature.bind(args, kwargs)
         executable = self.executable()
         call.allocate_outputs()
@@ -77,6 +87,11 @@ class Kernel:
             given[...] = call.outputs[index]
             call.outputs[index] = given
         return call.result()
+
+    def _device_call(self, args: tuple, kwargs: dict) -> Any:
+        """A cuda call with device arrays: `CudaExecutable.__call__` validates and runs it."""
+        executable: Any = self.executable()
+        return executable(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<tdsl kernel {self.signature} on {self.target}>"

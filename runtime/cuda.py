@@ -10,9 +10,10 @@ this module provides those functions as ctypes callbacks over the driver, regist
 `CudaError` once the host code returns.
 
 Calls take numpy arrays (copied to the device and back), `DeviceArray`s made with
-`to_device`, or any object with `__cuda_array_interface__` (CuPy, PyTorch, Numba), used in
-place. Importing this module never fails without CUDA; a call without a usable driver raises
-`CudaUnavailableError` naming what is missing.
+`to_device`, or any object with `__cuda_array_interface__` (CuPy, PyTorch, Numba) or with
+`__dlpack__` on a CUDA device (`tdsl.runtime.dlpack`), used in place. Importing this module
+never fails without CUDA; a call without a usable driver raises `CudaUnavailableError` naming
+what is missing.
 """
 
 from __future__ import annotations
@@ -327,8 +328,9 @@ class CudaExecutable:
         return [ptr, ptr, 0, *host.shape, *strides]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Call with numpy arrays, `DeviceArray`s or `__cuda_array_interface__` objects.
-        Outputs the call allocates are `DeviceArray`s when any argument is on the device."""
+        """Call with numpy arrays, `DeviceArray`s, `__cuda_array_interface__` or DLPack
+        objects. Outputs the call allocates are `DeviceArray`s when any argument is on the
+        device. (`Kernel.__call__` comes here for calls with device arrays.)"""
         from tdsl.runtime.device_array import bind_device_call
 
         return bind_device_call(self, args, kwargs)

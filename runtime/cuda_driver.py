@@ -236,6 +236,12 @@ def driver() -> Driver:
     none (the message names what is missing)."""
     if _OVERRIDE:
         return _OVERRIDE[0]
+    return system_driver()
+
+
+def system_driver() -> Driver:
+    """The machine's CUDA driver (`libcuda.so.1`), current in this thread, whatever
+    `set_driver` installed; CudaUnavailableError where there is none."""
     with _DRIVER_LOCK:
         if not _DRIVER:
             try:

@@ -110,3 +110,37 @@ def test_cupy_or_torch_arrays_if_installed():
     module = tdsl.loads("kernel f(x: f32[N]) -> (y: f32[N]) { y = 2.0 * x }", "cuda")
     y = module.f.executable()(x)
     np.testing.assert_allclose(y.copy_to_host(), 2 * cp.asnumpy(x))
+
+
+def test_kernel_call_with_device_arrays_and_dlpack():
+    import tdsl.cuda
+
+    class DLPackOnly:  # hides __cuda_array_interface__: the DLPack path
+        def __init__(self, array):
+            self.array = array
+
+        def __dlpack__(self, **kwargs):
+            return self.array.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return self.array.__dlpack_device__()
+
+    assert tdsl.cuda.is_available() and tdsl.cuda.device_name()
+    module = tdsl.loads("kernel f(x: f32[N]) -> (y: f32[N]) { y = 2.0 * x }", "cuda")
+    x = np.arange(1000, dtype=np.float32)
+    dx = tdsl.cuda.to_device(x)
+    dy = module.f(dx)  # through Kernel.__call__
+    assert isinstance(dy, tdsl.cuda.DeviceArray)
+    np.testing.assert_allclose(dy.copy_to_host(), 2 * x)
+    out = tdsl.cuda.DeviceArray((1000,), np.float32)
+    wrapped = DLPackOnly(out)
+    assert module.f(DLPackOnly(dx), y=wrapped) is wrapped  # DeviceArray's own export
+    np.testing.assert_allclose(out.copy_to_host(), 2 * x)
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        t = torch.arange(1000, dtype=torch.float32, device="cuda")
+        got = module.f(DLPackOnly(t))
+        assert torch.equal(torch.from_dlpack(got), 2 * t)
