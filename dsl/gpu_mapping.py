@@ -104,8 +104,9 @@ class Mapper:
             if op.name == "memref.copy":
                 op = self._copy_loops(op)
             nest = match_nest(op) if op.name in ("scf.parallel", "scf.for") else None
-            if nest is None and op.name not in ("scf.parallel", "scf.for"):
-                loose.append(op)
+            host_loop = nest is None and op.name == "scf.for" and self._is_host_loop(op)
+            if nest is None and op.name != "scf.parallel" and not host_loop:
+                loose.append(op)  # scalar work (an integer power's loop too): one thread
                 continue
             if loose:
                 items.append(loose)
@@ -114,10 +115,8 @@ class Mapper:
                 items.append(nest)
             elif op.name == "scf.parallel":
                 items.append(("leading", op))
-            elif self._is_host_loop(op):
-                items.append(("host-loop", op))
             else:
-                items.append([op])
+                items.append(("host-loop", op))
         if loose:
             items.append(loose)
         run: list[Nest] = []
