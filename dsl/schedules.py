@@ -18,8 +18,9 @@ per chunk, not per row. Applies only when every intermediate is indexed by the r
 dimensions in the same positions ("row-local"): a column softmax is left alone.
 
 Contractions (`contraction`): a generic `C[m, n] += A[m, k] * B[k, n]` (`A` or `A^T`; `B^T`
-keeps the plain loops: its NR-wide vectors would be gathers) is interchanged to (m, n, k) and
-tiled the way BLIS does: NC columns (its `fill` fused in), KC slices of k, MC rows, then
+keeps the plain loops: its NR-wide vectors would be gathers) is interchanged to (m, n, k),
+its rows split into one `scf.forall` chunk per core (threads) and tiled the way BLIS does: NC
+columns (its `fill` fused in), KC slices of k (full blocks packed, see below), MC rows, then
 `NR x MR x 1` register tiles; the column and row loops are peeled so the main tiles have
 static shapes. The A and B slices of the main tiles are packed: padded without folding (a
 copy) and the copies hoisted out of the register loops (`hoist_pad`), so B's KC x NR panels
