@@ -174,6 +174,11 @@ def _file_stamp(path: str | None) -> str:
 def toolchain_id() -> str:
     """Versions of tdsl, the MLIR bindings and llvmlite, and a fingerprint of the compiler's
     files (so a changed compiler never reuses stale code)."""
+    return hashlib.sha256("\n".join(toolchain_parts()).encode()).hexdigest()[:16]
+
+
+def toolchain_parts() -> list[str]:
+    """What `toolchain_id` hashes (not cached: for diagnostics)."""
     import tdsl
 
     root = Path(tdsl.__file__).resolve().parent.parent
@@ -188,7 +193,7 @@ def toolchain_id() -> str:
     versions = [tdsl.__version__, _installed("mlir", "_mlir_libs/__init__.py"),
                 _installed("llvmlite", "__init__.py"),
                 _file_stamp(libomp_path())]
-    return hashlib.sha256("\n".join(versions + stamp).encode()).hexdigest()[:16]
+    return versions + stamp
 
 
 def key(source: str, target: str) -> str:

@@ -61,9 +61,16 @@ def test_cold_then_warm_in_a_fresh_process(cache_dir, tmp_path):
         x = np.arange(6.0).reshape(2, 3)
         assert mod.rowsum(x).tolist() == [3.0, 12.0]
         print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))
+        from tdsl.runtime import cache, threads
+        print(cache.toolchain_parts())
         """, {"TDSL_CACHE_DIR": str(cache_dir)})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    from tdsl.runtime import cache
+
+    here = cache.toolchain_parts()
+    modules, there = done.stdout.strip().splitlines()
+    assert modules == "[]", ([p for p in here if p not in there], there, cache.toolchain_id(),
+                             done.stderr)
 
 
 def test_concurrent_processes_share_one_entry(cache_dir, tmp_path):

@@ -976,6 +976,11 @@ def targets() -> list[str]:
     return found
 
 
+def api_targets() -> list[str]:
+    """The fuzzed targets that `tdsl.load` knows (the emulator is not one)."""
+    return [t for t in targets() if t in api.TARGETS]
+
+
 def available_targets() -> list[str]:
     """Every compiled target this machine can run (corpus entries replay on all of theirs)."""
     try:

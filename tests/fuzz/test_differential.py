@@ -67,7 +67,7 @@ FLOAT_LITERALS = ["0.0", "-0.0", "1.5", "-2.5", "2.9", "-2.9", "127.5", "255.9",
                   "9.3e18", "-9.3e18", "2147483647.5"]
 
 
-@pytest.mark.parametrize("target", ["reference"] + gen.targets())
+@pytest.mark.parametrize("target", ["reference"] + gen.api_targets())
 @settings(max_examples=25, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=st.sampled_from(gen.DTYPES),
@@ -90,7 +90,7 @@ def test_cast_of_a_literal_matches_the_cast_at_run_time(target, dtype, literal):
         b.astype(np.float64)).all(), f"{dtype}({literal}): folded {a[0]!r}, run {b[0]!r}"
 
 
-@pytest.mark.parametrize("target", ["reference"] + gen.targets())
+@pytest.mark.parametrize("target", ["reference"] + gen.api_targets())
 @settings(max_examples=25, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=st.sampled_from([d for d in gen.DTYPES if d != "bool"]),

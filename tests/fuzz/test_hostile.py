@@ -36,7 +36,7 @@ import tdsl  # noqa: E402
 from tdsl.check import check_source  # noqa: E402
 from tdsl.source import TdslError  # noqa: E402
 
-TARGETS = ["reference"] + gen.targets()
+TARGETS = ["reference"] + gen.api_targets()
 
 
 def kernel(expr: str, head: str = "") -> str:
