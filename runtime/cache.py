@@ -156,9 +156,12 @@ def _installed(package: str, file: str) -> str:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         spec = None
-    if spec is None or not spec.submodule_search_locations:
-        return f"{package}:none"
-    return _file_stamp(os.path.join(list(spec.submodule_search_locations)[0], file))
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        # a namespace package may have several folders (a test folder named `mlir` too)
+        path = os.path.join(folder, file)
+        if os.path.isfile(path):
+            return _file_stamp(path)
+    return f"{package}:none"
 
 
 def _file_stamp(path: str | None) -> str:
