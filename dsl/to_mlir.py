@@ -72,8 +72,10 @@ def tensor_type(ttype: TensorType, dtype: DType | None = None) -> str:
 
 def kernel_to_mlir(kernel: Kernel) -> str:
     """The MLIR text (a builtin module holding one `func.func`) of a checked kernel."""
-    statements, extra = hoist_reductions(kernel)
-    return _FuncEmitter(kernel, statements, kernel.locals + tuple(extra)).emit()
+    statements, extra, guards = hoist_reductions(kernel)
+    emitter = _FuncEmitter(kernel, statements, kernel.locals + tuple(extra))
+    emitter.guards = guards
+    return emitter.emit()
 
 
 # ---- affine forms as MLIR affine expressions -----------------------------------------------
@@ -122,6 +124,7 @@ class _FuncEmitter:
         self.index_values: dict[Affine, str] = {}
         self.i64_values: dict[Affine, str] = {}
         self.ops = ScalarOps(self._emit_top, self.fresh)
+        self.guards: dict[str, tuple[Affine, ...]] = {}  # see hoist_reductions
 
     # ---- SSA helpers ----------------------------------------------------------------------
     def fresh(self) -> str:
@@ -198,11 +201,18 @@ class _FuncEmitter:
                     f"arith.index_cast {self.index_value(form)} : index to i64")
         return self.i64_values[form]
 
-    def empty(self, extents: tuple[Affine, ...], dtype: DType) -> str:
-        """A `tensor.empty` of the given extents and dtype."""
+    def empty(self, extents: tuple[Affine, ...], dtype: DType,
+              guard: tuple[Affine, ...] = ()) -> str:
+        """A `tensor.empty` of the given extents and dtype; its first dimension is 0 where
+        one of the `guard` extents is 0."""
         ttype = tensor_type(TensorType(dtype, extents))
-        sizes = ", ".join(self.size_value(e) for e in extents)
-        return self._emit_top(f"tensor.empty({sizes}) : {ttype}")
+        sizes = [self.size_value(e) for e in extents]
+        if guard and sizes:
+            zero = self.ops.raw_int(0, "index")
+            for g in guard:
+                none = self._emit_top(f"arith.cmpi sle, {self.size_value(g)}, {zero} : index")
+                sizes[0] = self._emit_top(f"arith.select {none}, {zero}, {sizes[0]} : index")
+        return self._emit_top(f"tensor.empty({', '.join(sizes)}) : {ttype}")
 
     def fill(self, value: str, tensor: str, ttype: str, elem: str) -> str:
         """`linalg.fill` of a tensor with a scalar."""
@@ -214,7 +224,7 @@ class _FuncEmitter:
         """The tensor a statement writes into: the output's, or a new temporary."""
         if st.target in self.outputs:
             return self.tensors[st.target]
-        return self.empty(st.extents, self.types[st.target].dtype)
+        return self.empty(st.extents, self.types[st.target].dtype, self.guards.get(st.target, ()))
 
     def statement(self, st: Statement) -> None:
         ttype = self.types[st.target]
@@ -239,7 +249,8 @@ class _FuncEmitter:
         empty = self.empty_domain_flag(red)
         direct = acc is red.dtype and red.op != "mean" and empty is None
         acc_type = dataclasses.replace(ttype, dtype=acc)
-        init = self.target_init(st) if direct else self.empty(st.extents, acc)
+        init = (self.target_init(st) if direct else
+                self.empty(st.extents, acc, self.guards.get(st.target, ())))
         init = self.fill(self.ops.reduce_identity(red.op, acc), init, tensor_type(acc_type),
                          storage_type(acc))
 

@@ -23,18 +23,22 @@ from tdsl.checked import (
 from tdsl.types import Affine, TensorType
 
 
-def hoist_reductions(kernel: Kernel) -> tuple[list[Statement], list[Local]]:
+def hoist_reductions(kernel: Kernel) -> tuple[list[Statement], list[Local],
+                                              dict[str, tuple[Affine, ...]]]:
     """Statements where a `Reduce` appears only as a whole statement's expression.
 
     A nested reduction becomes a new local over the indices it depends on (in scope order),
-    computed by a statement placed just before its user, and is read back elementwise.
+    computed by a statement placed just before its user, and is read back elementwise. The
+    third result maps such a local to the extents of the user's indices it does not depend
+    on (those that may be 0): where one is 0 the user computes nothing, and the local must
+    not either (its reads are only proven in bounds for a non-empty user domain).
     """
     taken = {p.name for p in kernel.signature.inputs + kernel.signature.outputs}
     taken |= {loc.name for loc in kernel.locals}
     hoister = _Hoister(taken)
     for st in kernel.statements:
         hoister.statement(st)
-    return hoister.statements, hoister.locals
+    return hoister.statements, hoister.locals, hoister.guards
 
 
 class _Hoister:
@@ -42,6 +46,7 @@ class _Hoister:
         self.taken = taken
         self.statements: list[Statement] = []
         self.locals: list[Local] = []
+        self.guards: dict[str, tuple[Affine, ...]] = {}
 
     def statement(self, st: Statement) -> None:
         scope = dict(zip(st.indices, st.extents))
@@ -77,6 +82,10 @@ class _Hoister:
         free = tuple(n for n in scope if n in used)
         extents = tuple(scope[n] for n in free)
         name = self._fresh()
+        dropped = tuple(x for n, x in scope.items() if n not in free and not x.provably_positive()
+                        and not (x.is_const and x.const > 0))
+        if dropped:
+            self.guards[name] = dropped
         self.locals.append(Local(name, TensorType(e.dtype, extents)))
         self.statements.append(Statement(name, free, extents, reduce))
         read = Read(name, tuple(Affine.of(n) for n in free), e.dtype)
