@@ -50,7 +50,7 @@ class Kernel:
         self._executable: Executable | None = None
         # The executable's fast path, once the executable exists: the first call validates
         # (and compiles) through the full path.
-        self._fast_call: Callable[[tuple], Any] | None = None
+        self._fast_call: Callable[[tuple, dict], Any] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -69,8 +69,8 @@ class Kernel:
         return self._executable
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._fast_call is not None and not kwargs:
-            result = self._fast_call(args)
+        if self._fast_call is not None:
+            result = self._fast_call(args, kwargs)
             if result is not None:
                 return result
         if self.target == "cuda":

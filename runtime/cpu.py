@@ -132,6 +132,9 @@ class CpuExecutable:
         self._plans: dict[tuple, _Plan | None | bool] = {}
         self._scalar_inputs = [p.type.rank == 0 for p in self.signature.inputs]
         self._input_count = len(self.signature.inputs)
+        self._output_names = [p.name for p in self.signature.outputs]
+        self._scalar_types = [numpy_dtype(p.type.dtype).type if p.type.rank == 0 else None
+                              for p in self.signature.inputs]
         self._quick_scalars = [_quick_scalar(p.type.dtype) if p.type.rank == 0 else None
                                for p in self.signature.inputs]
         self._fast = None
@@ -140,14 +143,15 @@ class CpuExecutable:
             self._fast = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64,
                                           *[ctypes.py_object] * arity)(self.fast_address)
 
-    def fast_call(self, args: tuple) -> Any:
-        """The result of a call with positional input arrays only, when a plan made by an
-        earlier call with the same dtypes, shapes and strides applies; else None (a kernel
-        always returns something).
+    def fast_call(self, args: tuple, kwargs: dict | None = None) -> Any:
+        """The result of a call with positional inputs (and outputs given by name, or not),
+        when a plan made by an earlier call with the same dtypes, shapes and strides applies;
+        else None (a kernel always returns something).
 
-        A plan is made after a full validation (`Signature.bind`) of a call whose inputs are
+        A plan is made after a full validation (`Signature.bind`) of a call whose arrays are
         plain aligned ndarrays passed as they are; it holds the packed descriptor fields and the
-        output shapes, so a call only reads its arrays' data pointers (in machine code)."""
+        shapes of the outputs to allocate, so a call only reads its arrays' data pointers (in
+        machine code). Given outputs that may overlap an array take the full path."""
         fast = self._fast
         if fast is None or len(args) != self._input_count:
             return None
@@ -161,15 +165,24 @@ class CpuExecutable:
             args = self._convert_scalars(args, key)
             if args is None:
                 return None
+        given = self._given_outputs(args, kwargs) if kwargs else None
+        if kwargs and given is None:
+            return None
+        if given is not None:
+            key.append(tuple(None if g is None else (g.dtype, g.shape, g.strides)
+                             for g in given))
         key = tuple(key)
         plan = self._plans.get(key, False)
         if plan is False:
-            plan = self._make_plan(key, args)
+            plan = self._make_plan(key, args, kwargs or {}, given)
         if plan is None:
             return None
         single = plan.single
-        outs = (np.empty(*single),) if single else tuple(np.empty(shape, dtype) for shape, dtype
-                                                         in plan.outputs)
+        if single and given is None:
+            outs = (np.empty(*single),)
+        else:
+            outs = tuple(np.empty(*alloc) if g is None else g for alloc, g in
+                         zip(plan.outputs, given or (None,) * len(plan.outputs)))
         omp = self._omp
         if omp is not None:
             threads.enter_call(omp)
@@ -179,11 +192,27 @@ class CpuExecutable:
                 threads.exit_call()
         else:
             fast(plan.template_address, _DATA_OFFSET, *args, *outs)
-        if single:
-            return outs[0][()] if plan.scalar_results else outs[0]
         if plan.scalar_results:
-            return tuple(o[()] if o.ndim == 0 else o for o in outs)
-        return outs
+            outs = tuple(o[()] if o.ndim == 0 and (given is None or g is None) else o
+                         for o, g in zip(outs, given or (None,) * len(outs)))
+        return outs[0] if len(outs) == 1 else outs
+
+    def _given_outputs(self, args: tuple, kwargs: dict) -> list | None:
+        """The outputs passed by name, in signature order (None where the call allocates), when
+        each is a plain aligned writeable ndarray that shares no memory with another argument;
+        else None (the full path decides)."""
+        given = [kwargs.get(name) for name in self._output_names]
+        if sum(g is not None for g in given) != len(kwargs):
+            return None  # an input by name, or an unknown name
+        for index, g in enumerate(given):
+            if g is None:
+                continue
+            if type(g) is not np.ndarray or not g.flags.aligned or not g.flags.writeable:
+                return None
+            others = list(args) + [h for h in given[index + 1:] if h is not None]
+            if any(np.may_share_memory(g, other) for other in others):
+                return None
+        return given
 
     def _convert_scalars(self, args: tuple, key: list) -> tuple | None:
         """Python and numpy scalars for rank-0 inputs as rank-0 arrays; None when some other
@@ -194,7 +223,9 @@ class CpuExecutable:
                 converted.append(a)
             elif self._scalar_inputs[index] and not isinstance(a, np.ndarray):
                 quick = self._quick_scalars[index]
-                if quick is not None and type(a) is quick[0] and quick[1] <= a <= quick[2]:
+                if type(a) is self._scalar_types[index]:  # a numpy scalar of the dtype
+                    converted.append(np.array(a))
+                elif quick is not None and type(a) is quick[0] and quick[1] <= a <= quick[2]:
                     converted.append(np.array(a, quick[3]))  # exact, or rounded once
                 else:
                     converted.append(self.signature.input_array(index, a))
@@ -202,11 +233,14 @@ class CpuExecutable:
                 return None  # an unaligned array, a subclass, a list
         return tuple(converted)
 
-    def _make_plan(self, key: tuple, args: tuple) -> _Plan | None:
-        call = self.signature.bind(args, {})  # raises the usual errors for a bad call
+    def _make_plan(self, key: tuple, args: tuple, kwargs: dict,
+                   given: list | None) -> _Plan | None:
+        call = self.signature.bind(args, kwargs)  # raises the usual errors for a bad call
         if len(self._plans) >= _PLANS_MAX:
             self._plans.clear()
-        usable = all(b is a and _passable(a) for a, b in zip(args, call.inputs))
+        given = given or [None] * len(self.signature.outputs)
+        usable = all(b is a and _passable(a) for a, b in zip(args, call.inputs)) and all(
+            g is b and (g is None or _passable(g)) for g, b in zip(given, call.given_outputs))
         if not usable:
             self._plans[key] = None
             return None
@@ -214,10 +248,15 @@ class CpuExecutable:
         for a in call.inputs:
             _describe(a, slots)
         outputs = []
-        for param, shape in zip(self.signature.outputs, call.output_shapes):
+        for param, shape, g in zip(self.signature.outputs, call.output_shapes, given):
             dtype = numpy_dtype(param.type.dtype)
             outputs.append((shape, dtype))
-            _describe_row_major(shape, slots)
+            if g is None:
+                _describe_row_major(shape, slots)
+            else:
+                own: list[int] = []
+                _describe(g, own)
+                slots += [0, 0] + own[2:]  # the data pointers come from the array at the call
         template = self._slot_array(*slots)
         plan = _Plan(template, ctypes.addressof(template), outputs,
                      any(len(shape) == 0 for shape, _ in outputs),
@@ -265,10 +304,9 @@ class CpuExecutable:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Validate, allocate outputs, run and return like a tdsl kernel call."""
-        if not kwargs:
-            result = self.fast_call(args)
-            if result is not None:
-                return result
+        result = self.fast_call(args, kwargs)
+        if result is not None:
+            return result
         call = self.signature.bind(args, kwargs)
         call.allocate_outputs()
         self.run(call)

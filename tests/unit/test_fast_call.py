@@ -155,3 +155,45 @@ def test_libraries_have_the_fast_entry(tmp_path):
     for _ in range(2):
         np.testing.assert_allclose(mod.saxpy(2.0, x, x), 3 * x)
     assert mod.saxpy.executable().fast_address
+
+
+def test_outputs_given_by_name(mod, monkeypatch):
+    x = RNG.standard_normal((6, 5))
+    s_out = np.empty(5)
+    for _ in range(2):
+        s, t = mod.colsum(x, s=s_out)
+        assert s is s_out and isinstance(t, np.float64)
+        np.testing.assert_allclose(s_out, x.sum(axis=0), rtol=1e-12)
+    binds = _count_binds(monkeypatch)
+    wide = np.zeros((3, 10))
+    view = wide[1, ::2]  # a strided output
+    t_out = np.empty(())
+    for _ in range(3):
+        s, t = mod.colsum(x, s=view, t=t_out)
+        assert s is view and t is t_out  # given rank-0 outputs stay arrays
+    assert binds[0] <= 1
+    np.testing.assert_allclose(view, x.sum(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(wide[1, 1::2], 0)
+    np.testing.assert_allclose(t_out, x.sum(), rtol=1e-12)
+
+
+def test_given_outputs_are_still_checked(mod):
+    x = np.ones(8, np.float32)
+    z = np.empty(8, np.float32)
+    for _ in range(2):
+        mod.saxpy(1.0, x, x, z=z)
+    np.testing.assert_allclose(z, 2.0)
+    with pytest.raises(ValueError, match="'z' must have shape"):
+        mod.saxpy(1.0, x, x, z=np.empty(9, np.float32))
+    with pytest.raises(TypeError, match="'z' must have dtype"):
+        mod.saxpy(1.0, x, x, z=np.empty(8, np.float64))
+    frozen = np.empty(8, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        mod.saxpy(1.0, x, x, z=frozen)
+    with pytest.raises(TypeError, match="unexpected argument 'w'"):
+        mod.saxpy(1.0, x, x, w=z)
+    y = np.arange(8, dtype=np.float32)
+    for _ in range(2):  # the output is an input: computed apart, then copied
+        mod.saxpy(2.0, y, y, z=y)
+    np.testing.assert_allclose(y, 3 * 3 * np.arange(8))
