@@ -132,7 +132,7 @@ def test_pure_copy_is_not_an_identity_generic():
 
 
 def test_nested_reductions_are_hoisted_over_their_free_indices():
-    statements, extra = hoist_reductions(hk.row_stats())
+    statements, extra, guards = hoist_reductions(hk.row_stats())
     assert [s.target for s in statements][-1] == "c"
     assert len(extra) == 2  # max and mean of the expression of c
     for loc in extra:
@@ -142,10 +142,27 @@ def test_nested_reductions_are_hoisted_over_their_free_indices():
     for st in statements:
         if isinstance(st.expr, Reduce):
             assert "Reduce" not in repr(st.expr.body)
+    assert not guards  # the locals keep every index of c
+
+
+def test_hoisted_reduction_is_guarded_by_the_indices_it_drops():
+    """y[i, j] = z[j] + max[k](x[i, k]): the max is computed over i only; where N is 0 the
+    statement computes nothing and neither may the max (its reads are proven for a non-empty
+    y only)."""
+    from tdsl.check import check_source
+
+    program = check_source("kernel k(x: f32[M, K], z: f32[N]) -> (y: f32[M, N]) {\n"
+                           "    y[i, j] = z[j] + max[k](x[i, k])\n}\n", "g.tdsl")
+    statements, extra, guards = hoist_reductions(program.kernel("k"))
+    assert [loc.type.shape for loc in extra] == [(Affine.of("M"),)]
+    assert guards == {extra[0].name: (Affine.of("N"),)}
+    text = kernel_to_mlir(program.kernel("k"))
+    assert "arith.select" in text.split("linalg.generic")[0]  # the guarded tensor.empty size
+    verified(text)
 
 
 def test_reduction_inside_a_reduction():
-    statements, extra = hoist_reductions(hk.nested_reduction())
+    statements, extra, guards = hoist_reductions(hk.nested_reduction())
     assert len(extra) == 1 and extra[0].type.shape == (Affine.of("M"),)
     assert statements[0].indices == ("i",)  # the inner max over j, per i
     verified(kernel_to_mlir(hk.nested_reduction()))
