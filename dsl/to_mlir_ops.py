@@ -503,7 +503,10 @@ class ScalarOps:
         if acc_dtype.is_float:
             name = {"sum": "addf", "mean": "addf", "prod": "mulf", "max": "maximumf",
                     "min": "minimumf"}[op]
-            return self.emit(f"arith.{name} {acc}, {v}{REASSOC} : {mt}")
+            # A product is taken in order: reassociated, partial products of the non-zero
+            # terms overflow and `0 * inf` makes nan where the ordered product is 0.
+            flags = "" if op == "prod" else REASSOC
+            return self.emit(f"arith.{name} {acc}, {v}{flags} : {mt}")
         signed = acc_dtype.is_signed
         name = {"sum": "addi", "mean": "addi", "prod": "muli",
                 "max": "maxsi" if signed else "maxui",
