@@ -29,9 +29,10 @@ def hoist_reductions(kernel: Kernel) -> tuple[list[Statement], list[Local],
 
     A nested reduction becomes a new local over the indices it depends on (in scope order),
     computed by a statement placed just before its user, and is read back elementwise. The
-    third result maps such a local to the extents of the user's indices it does not depend
-    on (those that may be 0): where one is 0 the user computes nothing, and the local must
-    not either (its reads are only proven in bounds for a non-empty user domain).
+    third result maps such a local to the extents of the user statement's indices it does
+    not depend on (those that may be 0): where one is 0 the statement has no element, and
+    the local must compute nothing either (its reads are only proven in bounds for a
+    non-empty statement domain).
     """
     taken = {p.name for p in kernel.signature.inputs + kernel.signature.outputs}
     taken |= {loc.name for loc in kernel.locals}
@@ -47,8 +48,10 @@ class _Hoister:
         self.statements: list[Statement] = []
         self.locals: list[Local] = []
         self.guards: dict[str, tuple[Affine, ...]] = {}
+        self.parallel: set[str] = set()
 
     def statement(self, st: Statement) -> None:
+        self.parallel = set(st.indices)
         scope = dict(zip(st.indices, st.extents))
         memo: dict[Reduce, Read] = {}
         expr = st.expr
@@ -82,8 +85,11 @@ class _Hoister:
         free = tuple(n for n in scope if n in used)
         extents = tuple(scope[n] for n in free)
         name = self._fresh()
-        dropped = tuple(x for n, x in scope.items() if n not in free and not x.provably_positive()
-                        and not (x.is_const and x.const > 0))
+        # Only the statement's own indices: where one's range is empty the statement has no
+        # element (the local may be empty too); an enclosing reduction's empty range leaves
+        # the statement's elements (their loads of the local may be hoisted out of it).
+        dropped = tuple(x for n, x in scope.items() if n not in free and n in self.parallel
+                        and not x.provably_positive() and not (x.is_const and x.const > 0))
         if dropped:
             self.guards[name] = dropped
         self.locals.append(Local(name, TensorType(e.dtype, extents)))
