@@ -29,7 +29,7 @@ REASSOC = " fastmath<reassoc,contract>"
 
 _MLIR_TYPES = {
     DType.BOOL: "i1", DType.I8: "i8", DType.U8: "i8", DType.I16: "i16", DType.I32: "i32",
-    DType.I64: "i64", DType.F16: "f16", DType.BF16: "bf16", DType.F32: "f32", DType.F64: "f64",
+    DType.I64: "i64", DType.F16: "f16", DType.BF16: "i16", DType.F32: "f32", DType.F64: "f64",
 }
 _FLOAT_BITS = {DType.F16: (np.float16, np.uint16), DType.BF16: (ml_dtypes.bfloat16, np.uint16),
                DType.F32: (np.float32, np.uint32), DType.F64: (np.float64, np.uint64)}
@@ -45,7 +45,9 @@ _STORAGE_TYPES = {DType.BOOL: "i8", DType.BF16: "i16"}
 
 
 def value_type(dtype: DType) -> str:
-    """The MLIR type of a scalar value of `dtype` (bool is i1)."""
+    """The MLIR type of a scalar value of `dtype` (bool is i1; bf16 is its i16 bits: only
+    integer ops touch it, since LLVM legalizes `bfloat` values it keeps in registers (a load,
+    a select) through libgcc's `__truncsfbf2`, which the JIT cannot resolve)."""
     return _MLIR_TYPES[dtype]
 
 
@@ -95,6 +97,8 @@ class ScalarOps:
         mt = value_type(dtype)
         if dtype is DType.BOOL:
             text = "true" if value else "false"
+        elif dtype is DType.BF16:  # its bits (bf16 values are i16, see value_type)
+            text = f"{int_literal(int(float_literal(float(value), dtype), 16), DType.I16)} : {mt}"
         elif dtype.is_float:
             text = f"{float_literal(float(value), dtype)} : {mt}"
         else:
@@ -113,17 +117,13 @@ class ScalarOps:
 
     # ---- storage and f16/bf16 widening ----------------------------------------------------
     def from_storage(self, v: str, dtype: DType) -> str:
-        """A loaded tensor element as a value (i8 -> i1 for bool, i16 -> bf16)."""
-        if dtype is DType.BF16:
-            return self.emit(f"arith.bitcast {v} : i16 to bf16")
+        """A loaded tensor element as a value (i8 -> i1 for bool)."""
         if dtype is not DType.BOOL:
             return v
         return self.emit(f"arith.cmpi ne, {v}, {self.raw_int(0, 'i8')} : i8")
 
     def to_storage(self, v: str, dtype: DType) -> str:
-        """A value as a tensor element (i1 -> i8 for bool, bf16 -> i16)."""
-        if dtype is DType.BF16:
-            return self.emit(f"arith.bitcast {v} : bf16 to i16")
+        """A value as a tensor element (i1 -> i8 for bool)."""
         if dtype is not DType.BOOL:
             return v
         return self.emit(f"arith.extui {v} : i1 to i8")
@@ -133,8 +133,7 @@ class ScalarOps:
         no bf16 conversion instructions before AVX512-BF16, and LLVM would call a libgcc
         helper."""
         if dtype is DType.BF16:
-            bits = self.emit(f"arith.bitcast {v} : bf16 to i16")
-            wide = self.emit(f"arith.extui {bits} : i16 to i32")
+            wide = self.emit(f"arith.extui {v} : i16 to i32")
             shifted = self.emit(f"arith.shli {wide}, {self.raw_int(16, 'i32')} : i32")
             return self.emit(f"arith.bitcast {shifted} : i32 to f32")
         if dtype is DType.F16:
@@ -157,8 +156,7 @@ class ScalarOps:
         quiet = self.emit(f"arith.ori {high}, {i32(0x40)} : i32")  # nan: keep sign, quiet
         is_nan = self.emit(f"arith.cmpf uno, {v}, {v} : f32")
         top = self.emit(f"arith.select {is_nan}, {quiet}, {top} : i32")
-        half = self.emit(f"arith.trunci {top} : i32 to i16")
-        return self.emit(f"arith.bitcast {half} : i16 to bf16")
+        return self.emit(f"arith.trunci {top} : i32 to i16")
 
     # ---- operations -----------------------------------------------------------------------
     def select(self, cond: str, a: str, b: str, dtype: DType) -> str:
