@@ -124,7 +124,7 @@ def run_gpu_pipeline(kernel: Kernel | str, until: str = "llvm", *, arch: str = D
     else:
         from tdsl.to_mlir import kernel_to_mlir
 
-        text, name = kernel_to_mlir(kernel), kernel.name
+        text, name = kernel_to_mlir(kernel, scalar_reads=False), kernel.name
     with _LOCK:
         _run(text, name, GPU_STAGES[1:last + 1], wanted, result, {"chip": arch,
                                                                   "features": features}, start)

@@ -70,11 +70,17 @@ def tensor_type(ttype: TensorType, dtype: DType | None = None) -> str:
     return f"tensor<{'x'.join('?' * ttype.rank)}x{et}>"
 
 
-def kernel_to_mlir(kernel: Kernel) -> str:
-    """The MLIR text (a builtin module holding one `func.func`) of a checked kernel."""
+def kernel_to_mlir(kernel: Kernel, scalar_reads: bool = True) -> str:
+    """The MLIR text (a builtin module holding one `func.func`) of a checked kernel.
+
+    With `scalar_reads` (the CPU), a rank-0 tensor is read once with `tensor.extract` before
+    the generic that uses it, so what depends only on it is loop-invariant (LLVM cannot hoist
+    the load itself out of an OpenMP-outlined loop, whose arguments lose `noalias`). The GPU
+    pipeline reads it in the kernels (a host-side load of device memory is not possible)."""
     statements, extra, guards = hoist_reductions(kernel)
     emitter = _FuncEmitter(kernel, statements, kernel.locals + tuple(extra))
     emitter.guards = guards
+    emitter.scalar_reads = scalar_reads
     return emitter.emit()
 
 
@@ -125,6 +131,8 @@ class _FuncEmitter:
         self.i64_values: dict[Affine, str] = {}
         self.ops = ScalarOps(self._emit_top, self.fresh)
         self.guards: dict[str, tuple[Affine, ...]] = {}  # see hoist_reductions
+        self.scalar_reads = False  # see kernel_to_mlir
+        self.scalars: dict[str, str] = {}  # rank-0 tensor value -> its extracted element
 
     # ---- SSA helpers ----------------------------------------------------------------------
     def fresh(self) -> str:
@@ -429,6 +437,11 @@ class _Generic:
         """The element `e` reads, as stored: a mapped operand or a `tensor.extract`."""
         ttype = self.f.types[e.tensor]
         tensor = self.f.tensors[e.tensor]
+        if ttype.rank == 0 and self.f.scalar_reads:
+            if tensor not in self.f.scalars:
+                self.f.scalars[tensor] = self.f._emit_top(
+                    f"tensor.extract {tensor}[] : {tensor_type(ttype)}")
+            return self.f.scalars[tensor]
         names = {n: f"d{k}" for k, n in enumerate(self.loops)}
         if not self.force_extract and self._mappable(e, ttype):
             results = ", ".join(affine_expr(s, names) for s in e.subscripts)
