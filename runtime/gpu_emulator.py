@@ -38,9 +38,10 @@ _BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 def storage_dtype(dtype: np.dtype) -> np.dtype:
-    """The element type a kernel's memref holds for an array dtype (bool as i8, bf16 as
-    its i16 bits, like the compiled kernels)."""
-    return {np.dtype(np.bool_): np.dtype(np.int8), _BF16: np.dtype(np.int16)}.get(dtype, dtype)
+    """The element type a kernel's memref holds for an array dtype, as the emulator keeps
+    signless integers (as signed numpy integers): bool and u8 as i8, bf16 as its i16 bits."""
+    return {np.dtype(np.bool_): np.dtype(np.int8), np.dtype(np.uint8): np.dtype(np.int8),
+            _BF16: np.dtype(np.int16)}.get(dtype, dtype)
 
 
 # ---- the program, converted from MLIR once -------------------------------------------------
