@@ -347,6 +347,8 @@ def prefers_block_reduce(nest: Nest) -> bool:
     reductions, convolutions)."""
     if nest.value_type not in REDUCIBLE | NARROW_INTS:
         return False
+    if nest.combine.name == "arith.mulf":
+        return False  # a float product is taken in order, as on the CPU (see language.md)
     if not nest.p_ivs:
         return True
     loads = [o for o in nest.body_ops if o.name == "memref.load" and len(o.operands) > 1]
