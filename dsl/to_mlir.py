@@ -296,7 +296,7 @@ class _FuncEmitter:
         """
         if red.op not in ("min", "max", "prod") or red.dtype.accumulator.is_float:
             return None
-        if all(e.is_const and e.const > 0 or e.provably_positive() for e in red.extents):
+        if all(e.provably_positive() for e in red.extents):
             return None
         count = self.count_value(red.extents)
         return self._emit_top(f"arith.cmpi sle, {count}, {self.ops.const(0, DType.I64)} : i64")

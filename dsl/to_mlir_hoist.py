@@ -89,7 +89,7 @@ class _Hoister:
         # element (the local may be empty too); an enclosing reduction's empty range leaves
         # the statement's elements (their loads of the local may be hoisted out of it).
         dropped = tuple(x for n, x in scope.items() if n not in free and n in self.parallel
-                        and not x.provably_positive() and not (x.is_const and x.const > 0))
+                        and not x.provably_positive())
         if dropped:
             self.guards[name] = dropped
         self.locals.append(Local(name, TensorType(e.dtype, extents)))
