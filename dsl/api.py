@@ -51,6 +51,9 @@ class Kernel:
         # The executable's fast path, once the executable exists: the first call validates
         # (and compiles) through the full path.
         self._fast_call: Callable[[tuple, dict], Any] | None = None
+        # The executable's native entry (tdsl.runtime.native), which falls back to the
+        # executable's Python path by itself.
+        self._native: Callable[..., Any] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -65,10 +68,17 @@ class Kernel:
                 if self._executable is None:
                     executable = self._make_executable()
                     self._fast_call = getattr(executable, "fast_call", None)
+                    entry = getattr(executable, "native", None)
+                    if entry is not None:
+                        self._native = entry.function
+                        self.__class__ = _native_kernel_class(entry.function)
                     self._executable = executable
         return self._executable
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        native = self._native
+        if native is not None:
+            return native(*args, **kwargs)
         if self._fast_call is not None:
             result = self._fast_call(args, kwargs)
             if result is not None:
@@ -95,6 +105,15 @@ class Kernel:
 
     def __repr__(self) -> str:
         return f"<tdsl kernel {self.signature} on {self.target}>"
+
+
+def _native_kernel_class(function: Callable[..., Any]) -> type:
+    """A subclass of `Kernel` whose `__call__` is the kernel's native entry itself.
+
+    A builtin function is not a descriptor, so `kernel(...)` calls it with the arguments
+    alone, without a Python-level frame in between (about 0.3 us less per call)."""
+    return type("Kernel", (Kernel,), {"__call__": function, "__module__": Kernel.__module__,
+                                      "__qualname__": Kernel.__qualname__})
 
 
 def _detach_aliased_outputs(call: BoundCall) -> list[tuple[int, np.ndarray]]:

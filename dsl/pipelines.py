@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tdsl.codegen.pycall import native_wrapper
 from tdsl.schedules import apply_schedule, lower_vectors, strip_schedules
 
 if TYPE_CHECKING:
@@ -146,6 +147,8 @@ def run_pipeline(kernel: Kernel | str, until: str = "llvm", *,
                             print_ir_after_all, time_passes, t0)
     if last < STAGE_NAMES.index("llvm"):
         return result
+    if llvm_ir is not None and not isinstance(kernel, str):
+        llvm_ir += native_wrapper(kernel.signature, entry_symbol(name))
     _run_llvm(llvm_ir, STAGE_NAMES[STAGE_NAMES.index("llvm"):last + 1], wanted, result)
     return result
 
@@ -155,8 +158,9 @@ def compile_to_llvm_ir(kernel: Kernel) -> str:
     from tdsl.to_mlir import kernel_to_mlir
 
     with _LOCK:
-        return _run_mlir(kernel_to_mlir(kernel), kernel.name, _MLIR_STAGES + ("llvm",), set(),
-                         PipelineResult(), False, False, time.perf_counter())
+        llvm_ir = _run_mlir(kernel_to_mlir(kernel), kernel.name, _MLIR_STAGES + ("llvm",),
+                            set(), PipelineResult(), False, False, time.perf_counter())
+    return llvm_ir + native_wrapper(kernel.signature, entry_symbol(kernel.name))
 
 
 def _func_name(text: str) -> str:

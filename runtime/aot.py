@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import threading
 
+from tdsl.codegen.pycall import native_symbol
 from tdsl.runtime import threads
 from tdsl.runtime.cpu import CpuExecutable
 from tdsl.runtime.signature import Signature
@@ -85,9 +86,11 @@ def open_library(path: str | os.PathLike[str]) -> tuple[dict, dict[str, CpuExecu
             raise LibraryError(f"{path}: missing entry point {entry['entry']}") from None
         address = ctypes.cast(function, ctypes.c_void_p).value
         fast = getattr(lib, entry.get("fast", ""), None) if entry.get("fast") else None
+        native = getattr(lib, native_symbol(signature.name), None)
         executables[signature.name] = CpuExecutable(
             signature, address, keepalive=lib, threaded=threaded,
-            fast_address=ctypes.cast(fast, ctypes.c_void_p).value if fast is not None else 0)
+            fast_address=ctypes.cast(fast, ctypes.c_void_p).value if fast is not None else 0,
+            native_address=ctypes.cast(native, ctypes.c_void_p).value if native else 0)
     return meta, executables
 
 

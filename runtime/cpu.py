@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tdsl.runtime import threads
+from tdsl.runtime import native, threads
 from tdsl.runtime.signature import BoundCall, Signature, numpy_dtype
 from tdsl.types import DType
 
@@ -121,6 +121,7 @@ class CpuExecutable:
     compile_seconds: dict[str, float] = field(default_factory=dict)
     threaded: bool = False  # calls libomp (tdsl.runtime.threads sets its team size per call)
     fast_address: int = 0  # `tdsl_fast_<kernel>`, 0 where the library has none
+    native_address: int = 0  # `tdsl_py_<kernel>` (tdsl.codegen.pycall), 0 where none
 
     def __post_init__(self) -> None:
         self._fn = _ENTRY(self.address)
@@ -142,6 +143,10 @@ class CpuExecutable:
             arity = len(self.signature.inputs) + len(self.signature.outputs)
             self._fast = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64,
                                           *[ctypes.py_object] * arity)(self.fast_address)
+        self.native = None
+        if self.native_address and self._fast is not None and native.enabled():
+            self.native = native.NativeEntry(self.signature, self.native_address,
+                                             self.__call__, self._omp)
 
     def fast_call(self, args: tuple, kwargs: dict | None = None) -> Any:
         """The result of a call with positional inputs (and outputs given by name, or not),
@@ -177,6 +182,9 @@ class CpuExecutable:
             plan = self._make_plan(key, args, kwargs or {}, given)
         if plan is None:
             return None
+        if self.native is not None:
+            self.native.write_plan(args, given or (None,) * len(plan.outputs),
+                                   [shape for shape, _ in plan.outputs])
         single = plan.single
         if single and given is None:
             outs = (np.empty(*single),)
@@ -316,6 +324,7 @@ class CpuExecutable:
 def compile_kernel(kernel: Kernel) -> CpuExecutable:
     """Compile a checked kernel for the host CPU and load it (MLIR -> LLVM -> MCJIT)."""
     from tdsl.codegen import llvm as cg
+    from tdsl.codegen.pycall import native_symbol
     from tdsl.pipelines import compile_to_llvm_ir, entry_symbol, fast_symbol
 
     t0 = time.perf_counter()
@@ -328,5 +337,6 @@ def compile_kernel(kernel: Kernel) -> CpuExecutable:
     t3 = time.perf_counter()
     return CpuExecutable(kernel.signature, address, keepalive=code,
                          fast_address=code.address(fast_symbol(kernel.name)),
+                         native_address=code.address(native_symbol(kernel.name)),
                          compile_seconds={"mlir": t1 - t0, "llvm_opt": t2 - t1, "jit": t3 - t2},
                          threaded=cg.uses_openmp(mod))

@@ -18,7 +18,9 @@ are compiled with sequential loops.
   thread with `omp_set_num_threads` (an OpenMP per-thread setting), only when it changes.
 - Small work stays on the calling thread: each parallel region has an `if` clause comparing
   the loop nest's iteration count with `tdsl.parallel_loops.PARALLEL_WORK`.
-- The GIL is released during every call (ctypes `CFUNCTYPE`).
+- The GIL is released during every call (ctypes `CFUNCTYPE`, or the native entry).
+- Native calls (`tdsl.runtime.native`) keep the same rules in machine code, through three
+  int64 counters shared with this module (`native_counters`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ BLOCKTIME_MS = 1
 _STATE: dict[str, object] = {}
 _LOCK = threading.Lock()
 _ACTIVE: list[int] = []  # one entry per threaded call in flight (list ops are atomic)
-_LOCAL = threading.local()
+# Shared with native calls (`tdsl.runtime.native`), which read and update them in machine
+# code: threaded native calls in flight (atomic adds), the thread count, and len(_ACTIVE).
+_NATIVE_ACTIVE = ctypes.c_int64(0)
+_NATIVE_THREADS = ctypes.c_int64(0)
+_PYTHON_ACTIVE = ctypes.c_int64(0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -112,7 +118,16 @@ def num_threads() -> int:
     """The number of threads a kernel call may use."""
     if "n" not in _STATE:
         _STATE["n"] = _configured()
+        _NATIVE_THREADS.value = _STATE["n"]  # type: ignore[assignment]
     return _STATE["n"]  # type: ignore[return-value]
+
+
+def native_counters() -> tuple[int, int, int]:
+    """Addresses of the int64 counters native calls use: threaded native calls in flight,
+    the thread count, threaded Python-path calls in flight."""
+    num_threads()
+    return (ctypes.addressof(_NATIVE_ACTIVE), ctypes.addressof(_NATIVE_THREADS),
+            ctypes.addressof(_PYTHON_ACTIVE))
 
 
 def set_num_threads(n: int | None) -> int:
@@ -124,6 +139,7 @@ def set_num_threads(n: int | None) -> int:
     if int(n) < 1:
         raise ValueError(f"the thread count must be positive, not {n}")
     _STATE["n"] = min(int(n), cores())
+    _NATIVE_THREADS.value = _STATE["n"]  # type: ignore[assignment]
     return _STATE["n"]  # type: ignore[return-value]
 
 
@@ -131,12 +147,13 @@ def enter_call(lib: ctypes.CDLL) -> None:
     """Before a threaded call: set this thread's OpenMP team size (1 while another threaded
     call is in flight)."""
     _ACTIVE.append(1)
-    wanted = 1 if len(_ACTIVE) > 1 else num_threads()
-    if getattr(_LOCAL, "n", 0) != wanted:
-        lib.omp_set_num_threads(wanted)
-        _LOCAL.n = wanted
+    _PYTHON_ACTIVE.value = len(_ACTIVE)
+    busy = len(_ACTIVE) > 1 or _NATIVE_ACTIVE.value > 0
+    # Set every time: native calls set the same per-thread OpenMP setting.
+    lib.omp_set_num_threads(1 if busy else num_threads())
 
 
 def exit_call() -> None:
     """After a threaded call."""
     _ACTIVE.pop()
+    _PYTHON_ACTIVE.value = len(_ACTIVE)
