@@ -21,7 +21,7 @@ the entry is used, see `LAYOUT`): `ob_type` at 8, a float's value and a numpy sc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from tdsl.types import DType
 
@@ -44,8 +44,7 @@ def native_symbol(kernel_name: str) -> str:
     return f"tdsl_py_{kernel_name}"
 
 
-@dataclass(frozen=True)
-class ParamWords:
+class ParamWords(NamedTuple):
     """Where one parameter's words lie in the table, and how the entry treats it."""
 
     rank: int
@@ -63,8 +62,7 @@ class ParamWords:
     int_range: tuple[int, int] = (0, 0)
 
 
-@dataclass(frozen=True)
-class TableLayout:
+class TableLayout(NamedTuple):
     """The word layout of a kernel's table."""
 
     inputs: tuple[ParamWords, ...]

@@ -9,7 +9,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from fractions import Fraction
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fractions import Fraction
 
 
 class DType(enum.Enum):
@@ -251,6 +254,7 @@ class Affine:
         Floor divisions are bounded by `(e - d + 1) / d <= e // d <= e / d`. None means
         unbounded on that side.
         """
+        from fractions import Fraction  # not at import: the runtime never needs it
         low: Fraction | None = Fraction(self.const)
         high: Fraction | None = Fraction(self.const)
         for atom, c in self.terms:
@@ -285,6 +289,7 @@ class Affine:
         return high is not None and high < 0
 
     def _linear_lower_bound(self) -> Fraction | None:
+        from fractions import Fraction  # not at import: the runtime never needs it
         # Replace each floor division by a linear bound, then require every coefficient of
         # the resulting linear form to be >= 0 and its constant >= 0.
         coefs: dict[str, Fraction] = {}
@@ -309,6 +314,7 @@ class Affine:
         return const
 
     def _linear_parts(self) -> tuple[dict[str, Fraction], Fraction] | None:
+        from fractions import Fraction  # not at import: the runtime never needs it
         coefs: dict[str, Fraction] = {}
         for atom, c in self.terms:
             if not isinstance(atom, str):

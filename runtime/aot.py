@@ -6,8 +6,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import shutil
-import tempfile
 import threading
 
 from tdsl.codegen.pycall import native_symbol
@@ -53,6 +51,9 @@ def _loadable_path(path: str) -> str:
         previous = _LOADED.setdefault(path, identity)
     if previous == identity:
         return path
+    import shutil
+    import tempfile
+
     fd, copy = tempfile.mkstemp(prefix="tdsl-lib-", suffix=".so")
     with os.fdopen(fd, "wb") as f, open(path, "rb") as src:
         shutil.copyfileobj(src, f)

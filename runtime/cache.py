@@ -19,13 +19,10 @@ matches the record (see docs/security.md).
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import json
 import os
-import platform
 import stat
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -131,10 +128,21 @@ def _remove_stale(root: Path) -> None:
             pass
 
 
+# SHA-256 from CPython's own small module: hashlib's import loads OpenSSL (~6 ms).
+try:
+    from _sha2 import sha256  # Python 3.12+
+except ImportError:
+    try:
+        from _sha256 import sha256
+    except ImportError:
+        from hashlib import sha256
+
+
 @functools.lru_cache(maxsize=1)
 def host_id() -> str:
     """The host CPU model and feature flags, read without LLVM."""
-    parts = [platform.machine(), platform.system()]
+    uname = os.uname()
+    parts = [uname.machine, uname.sysname]
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -144,8 +152,8 @@ def host_id() -> str:
                 if line.strip() == "":
                     break
     except OSError:
-        parts.append(platform.processor())
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+        parts.append(uname.version)
+    return sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def _installed(package: str, file: str) -> str:
@@ -177,20 +185,24 @@ def _file_stamp(path: str | None) -> str:
 def toolchain_id() -> str:
     """Versions of tdsl, the MLIR bindings and llvmlite, and a fingerprint of the compiler's
     files (so a changed compiler never reuses stale code)."""
-    return hashlib.sha256("\n".join(toolchain_parts()).encode()).hexdigest()[:16]
+    return sha256("\n".join(toolchain_parts()).encode()).hexdigest()[:16]
 
 
 def toolchain_parts() -> list[str]:
     """What `toolchain_id` hashes (not cached: for diagnostics)."""
     import tdsl
 
-    root = Path(tdsl.__file__).resolve().parent.parent
+    root = os.path.dirname(os.path.dirname(os.path.realpath(tdsl.__file__)))
     stamp = []
     for folder in _PACKAGE_DIRS:
-        for path in sorted((root / folder).glob("*.*")):
-            if path.suffix in (".py", ".lark"):
-                st = path.stat()
-                stamp.append(f"{folder}/{path.name}:{st.st_size}:{st.st_mtime_ns}")
+        try:
+            files = sorted(os.scandir(os.path.join(root, folder)), key=lambda e: e.name)
+        except OSError:
+            continue
+        for file in files:
+            if file.name.endswith((".py", ".lark")) and file.is_file():
+                st = file.stat()
+                stamp.append(f"{folder}/{file.name}:{st.st_size}:{st.st_mtime_ns}")
     from tdsl.runtime.threads import libomp_path
 
     versions = [tdsl.__version__, _installed("mlir", "_mlir_libs/__init__.py"),
@@ -201,7 +213,7 @@ def toolchain_parts() -> list[str]:
 
 def key(source: str, target: str) -> str:
     """The cache key of a source text compiled for a target on this host."""
-    h = hashlib.sha256()
+    h = sha256()
     for part in (f"format={FORMAT}", target, host_id(), toolchain_id()):
         h.update(part.encode() + b"\0")
     h.update(source.encode("utf-8"))
@@ -224,7 +236,7 @@ def lookup(entry: str) -> Path | None:
         return None
     try:
         info = json.loads(record.read_text(encoding="utf-8"))
-        digest = hashlib.sha256(lib.read_bytes()).hexdigest()
+        digest = sha256(lib.read_bytes()).hexdigest()
     except (OSError, ValueError) as exc:
         _drop(entry, f"unreadable ({exc})")
         return None
@@ -260,12 +272,14 @@ def store(entry: str, build) -> Path:
         raise OSError(f"the cache directory {cache_dir()} cannot be used")
     _remove_stale(root)
     lib, record = _paths(entry)
+    import tempfile
+
     fd, staged = tempfile.mkstemp(dir=root, prefix=f".{entry}.", suffix=".so")
     os.close(fd)
     try:
         build(staged)
         os.chmod(staged, 0o700)  # the linker may have made it readable by all
-        digest = hashlib.sha256(Path(staged).read_bytes()).hexdigest()
+        digest = sha256(Path(staged).read_bytes()).hexdigest()
         os.replace(staged, lib)
     finally:
         if os.path.exists(staged):
@@ -277,6 +291,8 @@ def store(entry: str, build) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    import tempfile
+
     fd, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
