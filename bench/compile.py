@@ -328,6 +328,9 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="tdsl-bench-cache-") as cache:
         load_env = dict(base_env, TDSL_CACHE_DIR=cache)
         load_env.pop("TDSL_CACHE", None)
+        # Installed packages have bytecode; with PYTHONDONTWRITEBYTECODE (set on some CI
+        # machines) every fresh process would compile tdsl's sources again (~60 ms).
+        load_env.pop("PYTHONDONTWRITEBYTECODE", None)
         for name in files:
             print(f"  loading {name} ...", file=sys.stderr, flush=True)
             entry = report["files"][name]
