@@ -1,7 +1,7 @@
 """Per-kernel transform-dialect schedules for the CPU `fused` stage.
 
 After the `fused` stage's passes, `apply_schedule` looks at the structure of the kernel's
-linalg ops on tensors and, when one of two patterns is found, builds a transform script
+linalg ops on tensors and, when one of three patterns is found, builds a transform script
 (`transform.named_sequence @tdsl_schedule`), applies it with `transform-interpreter` and keeps
 it in the module, so that `tdsl compile FILE --emit fused` shows both the script and its
 result. `strip_schedules` removes it before bufferization.
@@ -37,6 +37,18 @@ Tile sizes come from the host's vector width (`MR x NR` = 6 x 2 vectors with 16 
 registers, 8 x 2 with 32) and cache sizes (`KC` = 256, `MC` = 12 `MR`, `NC` = 256). They are
 constants, never derived from the (dynamic) problem size, so the compile time does not depend
 on it: about 3 copies of the contraction body are compiled.
+
+Split reductions (`split`): a reduction to a scalar (rank-0 result: `sum[i](x[i])`, a dot
+product, a max over a matrix) has no parallel loop for the threads stage. When kernels are
+compiled with threads (libomp), its outermost loop is split into one chunk per core (at least
+2; `tile_reduction_using_forall`): an `scf.forall` (`scf.parallel`, then OpenMP, behind the
+usual work threshold) whose chunks reduce contiguous slices into private accumulators (stack
+slots: `bufferize_to_allocation`) stored as partials, then a short serial `linalg.reduce`
+combines the partials into the original init. Only combiners that may be regrouped are split:
+integer ops (exact) and float ops with `reassoc` (sum, mean, max, min: nan still propagates);
+a float `prod` stays ordered. The chunk count is fixed when compiling, so results do not
+depend on the thread count. Bodies with `linalg.index` are left alone (MLIR 22's partial
+tiling does not offset it), and so are rank >= 1 results (see `_splittable`).
 
 Any failure of the interpreter leaves the kernel unscheduled (the schedule is applied to a
 copy of the module first): schedules only ever make code faster, never break it.
@@ -266,6 +278,107 @@ def rows_script(func_symbol: str, n_ops: int, root_loops: int, tiled: tuple[int,
     return _sequence(lines)
 
 
+# ---- split reductions ----------------------------------------------------------------------
+
+# A reduction to a scalar (a rank-0 result: a sum, max or min of a whole tensor) has no
+# parallel loop for the threads stage: its outermost loop is split into one chunk per core.
+# Outputs of rank >= 1 (a column sum) are left alone: their sizes are dynamic, and
+# `tile_reduction_using_forall` puts the chunk index last in the partial results
+# (`[N, chunks]`), a strided walk that made a 4096 x 4096 column sum 1.5x slower and a
+# 2 x 4M one 10x slower.
+# Combiners that may be regrouped: integer ops are exact in any order; float ones only where
+# the language allows it (`reassoc`: sum, max, min). A float `prod` (no `reassoc`) is ordered.
+_EXACT_COMBINERS = frozenset({"arith.addi", "arith.muli", "arith.maxsi", "arith.maxui",
+                              "arith.minsi", "arith.minui", "arith.andi", "arith.ori",
+                              "arith.xori"})
+_REASSOC_COMBINERS = frozenset({"arith.addf", "arith.maximumf", "arith.minimumf"})
+
+
+def _reassociable(op) -> bool:
+    """True when the generic's one result is `out = out (op) f(inputs)` with a combiner that
+    may be regrouped."""
+    from mlir import ir
+
+    block = op.operation.regions[0].blocks[0]
+    out = block.arguments[len(block.arguments) - 1]
+    body = list(block.operations)
+    combiner = body[-1].operands[0].owner
+    if isinstance(combiner, ir.Block):
+        return False
+    uses = list(out.uses)
+    if len(uses) != 1 or uses[0].owner != combiner:
+        return False
+    if combiner.name in _EXACT_COMBINERS:
+        return True
+    return combiner.name in _REASSOC_COMBINERS and "fastmath" in combiner.attributes and \
+        "reassoc" in str(combiner.attributes["fastmath"])
+
+
+def _splittable(info: LinalgInfo) -> bool:
+    """A generic with one rank-0 result (every loop a reduction) and a combiner that may be
+    regrouped."""
+    from mlir import ir
+
+    if info.name != "linalg.generic" or len(info.op.operation.results) != 1:
+        return False
+    if not info.iterators or ir.ShapedType(info.op.operation.results[0].type).rank != 0:
+        return False
+    return not _uses_index(info.op.operation) and _reassociable(info.op)
+
+
+def _uses_index(op) -> bool:
+    """True when a `linalg.index` is in the op's regions: the partial-reduction tiling of MLIR
+    22 does not offset it by the chunk's start (`sum[i: N](x[N - 1 - i] * i)` came out wrong),
+    so such reductions keep their plain loop."""
+    for region in op.regions:
+        for block in region.blocks:
+            for child in block.operations:
+                if child.operation.name == "linalg.index" or _uses_index(child.operation):
+                    return True
+    return False
+
+
+def split_reductions_script(func_symbol: str, n_ops: int, targets: list[tuple[int, int]],
+                            chunks: int) -> str:
+    """The transform script that splits the outermost (reduction) loop of each target (linalg
+    op index, number of loops) into `chunks` (`tile_reduction_using_forall`): one partial
+    result per chunk, accumulated in a private stack slot (`bufferize_to_allocation` of the
+    identity fill fused into the chunk: no false sharing between threads), then the partials
+    combined in order (`linalg.reduce` into the original init)."""
+    a = "!transform.any_op"
+    names = [f"%p{i}" for i in range(n_ops)]
+    lines = [
+        f'%f = transform.structured.match ops{{["func.func"]}} '
+        f'attributes{{sym_name = "{func_symbol}"}} in %arg0 : ({a}) -> {a}',
+        f"%all = transform.structured.match interface{{LinalgOp}} in %f : ({a}) -> {a}",
+        f"{', '.join(names)} = transform.split_handle %all : ({a}) -> ({', '.join([a] * n_ops)})",
+    ]
+    for index, loops in targets:
+        threads = [chunks] + [0] * (loops - 1)
+        lines += [
+            f"%fill{index}, %part{index}, %merge{index}, %chunks{index} = "
+            f"transform.structured.tile_reduction_using_forall %p{index} by num_threads = "
+            f"{threads} : ({a}) -> ({a}, {a}, {a}, {a})",
+            f"%fill_in{index}, %chunks_in{index} = transform.structured.fuse_into_containing_op "
+            f"%fill{index} into %chunks{index} : ({a}, {a}) -> ({a}, {a})",
+            f"%acc{index}, %acc_ops{index} = transform.structured.bufferize_to_allocation "
+            f'%fill_in{index} {{alloc_op = "memref.alloca", bufferize_destination_only}} '
+            f": {a}",
+        ]
+    return _sequence(lines)
+
+
+def split_chunks(h: Host) -> int:
+    """Chunks of a split reduction: one per core, at least 2; 1 (no split) when kernels are
+    compiled without threads (no libomp). The chunks are fixed when compiling, so a result
+    does not depend on the number of threads that runs it."""
+    from tdsl.runtime import threads
+
+    if not threads.available():
+        return 1
+    return max(h.cores, 2)
+
+
 # ---- contractions --------------------------------------------------------------------------
 
 
@@ -483,7 +596,7 @@ def versioned_text(func, symbol: str) -> str:
 class Plan:
     """What `plan_schedule` decided: the kind, the payload functions and the script."""
 
-    kind: str  # "rows" | "contraction"
+    kind: str  # "rows" | "contraction" | "split"
     script: str
     versioned: bool = False
 
@@ -508,7 +621,12 @@ def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
         return Plan("contraction", script, versioned=True)
     t = _row_plan(infos)
     if not t:
-        return None
+        targets = [(i, len(info.iterators)) for i, info in enumerate(infos)
+                   if _splittable(info)]
+        chunks = split_chunks(h) if targets else 1
+        if chunks < 2:
+            return None
+        return Plan("split", split_reductions_script(symbol, len(infos), targets, chunks))
     root = infos[-1]
     tiled = tuple(d for d in root.maps[-1][:t])
     script = rows_script(symbol, len(infos), len(root.iterators), tiled, h.cores)
