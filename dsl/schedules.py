@@ -148,6 +148,11 @@ def _info(op) -> LinalgInfo | None:
         rank = ir.ShapedType(op.operation.results[0].type).rank
         ident = tuple(range(rank))
         return LinalgInfo(op, name, ("parallel",) * rank, ((), ident), 1, ())
+    if name == "linalg.transpose":  # from `transpose_b_operands`
+        perm = tuple(ir.DenseI64ArrayAttr(op.attributes["permutation"]))
+        return LinalgInfo(op, name, ("parallel",) * len(perm),
+                          (tuple(perm.index(d) for d in range(len(perm))),
+                           tuple(range(len(perm)))), 1, ())
     if name != "linalg.generic":
         return None
     iters = tuple("reduction" if "reduction" in str(a) else "parallel"
@@ -190,8 +195,9 @@ def _users(value) -> list:
     return [u.owner for u in value.uses]
 
 
-def is_contraction(info: LinalgInfo) -> tuple[int, int, int] | None:
-    """(m, n, k) loop positions of a plain 2-D float contraction generic, else None."""
+def is_contraction(info: LinalgInfo, b_layout: str = "kn") -> tuple[int, int, int] | None:
+    """(m, n, k) loop positions of a plain 2-D float contraction generic whose B operand is
+    laid out `b_layout` ("kn": B[k, n]; "nk": B[n, k], a transposed B), else None."""
     if info.name != "linalg.generic" or info.n_inputs != 2 or len(info.iterators) != 3:
         return None
     if info.iterators.count("reduction") != 1:
@@ -203,9 +209,44 @@ def is_contraction(info: LinalgInfo) -> tuple[int, int, int] | None:
         return None
     k = info.iterators.index("reduction")
     m, n = c
-    if k in c or set(a) != {m, k} or b != (k, n):
+    if k in c or set(a) != {m, k} or b != ((k, n) if b_layout == "kn" else (n, k)):
         return None  # B's rows must be contiguous in n: its NR-wide vectors are plain loads
     return m, n, k
+
+
+def transpose_b_operands(func) -> bool:
+    """Give each contraction with a transposed B (`B[n, k]`, e.g. `x @ W.T` with W stored
+    [out, in]) a `linalg.transpose` of B into a fresh `[k, n]` tensor, and read that instead,
+    so the packed schedule applies (its B panels are plain NR-wide loads). The transpose costs
+    one pass over B per call. Returns True when something changed (in place)."""
+    from mlir import ir
+    from mlir.dialects import arith, linalg, tensor
+
+    changed = False
+    for op in _linalg_ops(func):
+        info = _info(op)
+        if info is None or is_contraction(info, "nk") is None:
+            continue
+        generic = op.operation
+        b = generic.operands[1]
+        b_type = ir.RankedTensorType(b.type)
+        with ir.InsertionPoint(generic), generic.location:
+            sizes: list = []
+            for d in (1, 0):
+                if b_type.is_dynamic_dim(d):
+                    sizes.append(tensor.dim(b, arith.constant(ir.IndexType.get(), d)))
+                else:
+                    sizes.append(b_type.shape[d])
+            empty = tensor.empty(sizes, b_type.element_type)
+            transposed = linalg.transpose(b, outs=[empty], permutation=[1, 0])
+        generic.operands[1] = transposed.results[0]
+        maps = list(ir.ArrayAttr(generic.attributes["indexing_maps"]))
+        old = ir.AffineMapAttr(maps[1]).value
+        maps[1] = ir.AffineMapAttr.get(ir.AffineMap.get(
+            old.n_dims, old.n_symbols, [old.results[1], old.results[0]]))
+        generic.attributes["indexing_maps"] = ir.ArrayAttr.get(maps)
+        changed = True
+    return changed
 
 
 # ---- row-wise fusion -----------------------------------------------------------------------
@@ -403,6 +444,10 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         f"{', '.join(names)} = transform.split_handle %all : ({a}) -> ({', '.join([a] * n_ops)})",
         f"%mnk = transform.structured.interchange %p{index} iterator_interchange = "
         f"[{m}, {n}, {k}] : ({a}) -> {a}",
+        # a transposed B (`transpose_b_operands`) is copied in 32 x 32 tiles, cache-friendly
+        f'%tr = transform.structured.match ops{{["linalg.transpose"]}} in %f : ({a}) -> {a}',
+        f"%tr_tiled, %tr_loops = transform.structured.tile_using_forall %tr tile_sizes [32, 32] "
+        f": ({a}) -> ({a}, {a})",
         *_thread_chunks("%mnk", "%mine", cores),
         f"%t0, %l0 = transform.structured.fuse %mine tile_sizes [0, {tiles.nc}, 0] "
         f"{{apply_cleanup}} : ({a}) -> ({a}, {a})",
@@ -640,10 +685,15 @@ def apply_schedule(module, symbol: str, h: Host | None = None):
 
     if os.environ.get("TDSL_SCHEDULES", "1") == "0":
         return module
-    plan = plan_schedule(module, symbol, h)
+    work = module
+    func = kernel_function(module, symbol)
+    if func is not None and _has_transposed_b(func):
+        work = ir.Module.parse(str(module))  # the argument stays untouched
+        transpose_b_operands(kernel_function(work, symbol))
+    plan = plan_schedule(work, symbol, h)
     if plan is None:
         return module
-    func = kernel_function(module, symbol)
+    func = kernel_function(work, symbol)
     funcs = versioned_text(func, symbol) if plan.versioned else str(func.operation)
     text = ("module attributes {transform.with_named_sequence} {\n" + funcs + "\n"
             + plan.script + "}\n")
@@ -659,6 +709,11 @@ def apply_schedule(module, symbol: str, h: Host | None = None):
             raise
         return module
     return scheduled
+
+
+def _has_transposed_b(func) -> bool:
+    infos = [_info(op) for op in _linalg_ops(func)]
+    return any(i is not None and is_contraction(i, "nk") is not None for i in infos)
 
 
 def strip_schedules(module) -> None:

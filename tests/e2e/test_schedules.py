@@ -127,15 +127,21 @@ def test_column_softmax_is_not_row_fused():
     assert "@tdsl_schedule" not in _fused_ir(ROWS, "softmax_cols")
 
 
-@pytest.mark.parametrize("kernel", ["matmul", "matmul_tn", "linear_relu"])
+@pytest.mark.parametrize("kernel", ["matmul", "matmul_tn", "matmul_nt", "linear_relu"])
 def test_contractions_are_tiled(kernel):
     ir = _fused_ir(MATMUL, kernel)
     assert "vector.contract" in ir
     assert f"@tdsl_k_{kernel}_unit" in ir and f"@tdsl_k_{kernel}_any" in ir
 
 
-def test_transposed_b_is_not_tiled():
-    assert "@tdsl_schedule" not in _fused_ir(MATMUL, "matmul_nt")
+def test_a_transposed_b_is_transposed_once_then_tiled():
+    """B[n, k] is copied into a [k, n] tensor (`transpose_b_operands`), in 32 x 32 tiles of a
+    parallel loop, and the contraction reads that copy."""
+    ir = _fused_ir(MATMUL, "matmul_nt")
+    unit = ir[ir.index("func.func private @tdsl_k_matmul_nt_unit"):]
+    unit = unit[:unit.index("\n  }\n")]
+    assert unit.count("linalg.transpose") == 1 and "permutation = [1, 0]" in unit
+    assert "scf.forall" in unit and "vector.contract" in unit
 
 
 # ---- differential tests --------------------------------------------------------------------
@@ -196,9 +202,11 @@ def test_matmul_across_cache_tiles(shape):
     cpu, _ = modules(MATMUL, "f32")
     a, b = rand((m, k), "f32"), rand((k, n), "f32")
     check(cpu.matmul(a, b), a.astype(np.float64) @ b.astype(np.float64), "f32")
+    bt = rand((n, k), "f32")
+    check(cpu.matmul_nt(a, bt), a.astype(np.float64) @ bt.T.astype(np.float64), "f32")
 
 
-@pytest.mark.parametrize("kernel", ["matmul", "matmul_tn", "linear_relu"])
+@pytest.mark.parametrize("kernel", ["matmul", "matmul_tn", "matmul_nt", "linear_relu"])
 def test_contractions_on_strided_views(kernel):
     """Non-unit innermost strides take the unscheduled version; transposed views too."""
     cpu, ref = modules(MATMUL, "f32")
