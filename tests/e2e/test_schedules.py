@@ -65,6 +65,15 @@ kernel matmul_nt(A: {t}[M, K], B: {t}[N, K]) -> (C: {t}[M, N]) {{
 kernel linear_relu(x: {t}[M, K], W: {t}[K, N], bias: {t}[N]) -> (y: {t}[M, N]) {{
     y[m, n] = relu(sum[k](x[m, k] * W[k, n]) + bias[n])
 }}
+kernel bmm(A: {t}[H, M, K], B: {t}[H, K, N]) -> (C: {t}[H, M, N]) {{
+    C[h, m, n] = sum[k](A[h, m, k] * B[h, k, n])
+}}
+kernel bmm_nt(A: {t}[H, M, K], B: {t}[H, N, K]) -> (C: {t}[H, M, N]) {{
+    C[h, m, n] = sum[k](A[h, m, k] * B[h, n, k])
+}}
+kernel bmm_scaled(A: {t}[H, M, K], B: {t}[H, N, K]) -> (C: {t}[H, M, N]) {{
+    C[h, m, n] = tanh(sum[k](A[h, m, k] * B[h, n, k]))
+}}
 """
 
 DTYPES = {"f32": np.float32, "f64": np.float64, "f16": np.float16,
@@ -132,6 +141,28 @@ def test_contractions_are_tiled(kernel):
     ir = _fused_ir(MATMUL, kernel)
     assert "vector.contract" in ir
     assert f"@tdsl_k_{kernel}_unit" in ir and f"@tdsl_k_{kernel}_any" in ir
+
+
+@pytest.mark.parametrize("kernel", ["bmm", "bmm_nt"])
+def test_batched_contractions_alone_are_tiled(kernel):
+    ir = _fused_ir(MATMUL, kernel)
+    assert "vector.contract" in ir and "vector<6x1xf32>, vector<1x16xf32>" in ir
+    assert ("linalg.transpose ins" in ir) == (kernel == "bmm_nt")
+
+
+def test_batched_contractions_among_other_ops_keep_plain_loops():
+    ir = _fused_ir(MATMUL, "bmm_scaled")
+    assert "vector.contract" not in ir and "linalg.transpose ins" not in ir
+
+
+@pytest.mark.parametrize("kernel", ["bmm", "bmm_nt", "bmm_scaled"])
+def test_batched_against_reference(kernel):
+    cpu, ref = modules(MATMUL, "f32")
+    for h, m, k, n in [(1, 1, 1, 1), (3, 7, 33, 17), (2, 73, 260, 40), (5, 6, 256, 16)]:
+        a = rand((h, m, k), "f32")
+        b = rand((h, k, n) if kernel == "bmm" else (h, n, k), "f32")
+        check(getattr(cpu, kernel)(a, b), getattr(ref, kernel)(a, b), "f32")
+        check(getattr(cpu, kernel)(strided(a), strided(b)), getattr(ref, kernel)(a, b), "f32")
 
 
 def test_a_transposed_b_is_transposed_once_then_tiled():
