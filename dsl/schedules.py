@@ -197,21 +197,33 @@ def _users(value) -> list:
     return [u.owner for u in value.uses]
 
 
-def is_contraction(info: LinalgInfo, b_layout: str = "kn") -> tuple[int, int, int] | None:
-    """(m, n, k) loop positions of a plain 2-D float contraction generic whose B operand is
-    laid out `b_layout` ("kn": B[k, n]; "nk": B[n, k], a transposed B), else None."""
-    if info.name != "linalg.generic" or info.n_inputs != 2 or len(info.iterators) != 3:
+def _product_maps(info: LinalgInfo, loops: int) -> tuple[tuple, tuple, tuple, int] | None:
+    """(A, B, C maps, reduction loop) of a float generic `C += A * B` with `loops` loops, one
+    of them a reduction, whose operands each index `loops - 1` loops; else None."""
+    if info.name != "linalg.generic" or info.n_inputs != 2 or len(info.iterators) != loops:
         return None
     if info.iterators.count("reduction") != 1:
         return None
     if info.body != ("arith.mulf", "arith.addf", "linalg.yield"):
         return None
     a, b, c = info.maps
-    if None in a + b + c or len(a) != 2 or len(b) != 2 or len(c) != 2:
+    if None in a + b + c or not len(a) == len(b) == len(c) == loops - 1:
         return None
-    k = info.iterators.index("reduction")
-    m, n = c
-    if k in c or set(a) != {m, k} or b != ((k, n) if b_layout == "kn" else (n, k)):
+    return a, b, c, info.iterators.index("reduction")
+
+
+def _b_order(k: int, n: int, b_layout: str) -> tuple[int, int]:
+    return (k, n) if b_layout == "kn" else (n, k)
+
+
+def is_contraction(info: LinalgInfo, b_layout: str = "kn") -> tuple[int, int, int] | None:
+    """(m, n, k) loop positions of a plain 2-D float contraction generic whose B operand is
+    laid out `b_layout` ("kn": B[k, n]; "nk": B[n, k], a transposed B), else None."""
+    maps = _product_maps(info, 3)
+    if maps is None:
+        return None
+    a, b, (m, n), k = maps
+    if k in (m, n) or set(a) != {m, k} or b != _b_order(k, n, b_layout):
         return None  # B's rows must be contiguous in n: its NR-wide vectors are plain loads
     return m, n, k
 
@@ -221,20 +233,13 @@ def is_batched_contraction(info: LinalgInfo,
     """(batch, m, n, k) loop positions of a batched float contraction generic
     (`C[h, m, n] = sum[k](A[h, m, k] * B[h, k, n])`, A's last two dims in either order, B laid
     out `b_layout` after the batch), else None."""
-    if info.name != "linalg.generic" or info.n_inputs != 2 or len(info.iterators) != 4:
+    maps = _product_maps(info, 4)
+    if maps is None:
         return None
-    if info.iterators.count("reduction") != 1:
+    a, b, (h, m, n), k = maps
+    if k in (h, m, n) or a[0] != h or b[0] != h or set(a[1:]) != {m, k}:
         return None
-    if info.body != ("arith.mulf", "arith.addf", "linalg.yield"):
-        return None
-    a, b, c = info.maps
-    if None in a + b + c or len(a) != 3 or len(b) != 3 or len(c) != 3:
-        return None
-    k = info.iterators.index("reduction")
-    h, m, n = c
-    if k in c or a[0] != h or b[0] != h or set(a[1:]) != {m, k}:
-        return None
-    if b[1:] != ((k, n) if b_layout == "kn" else (n, k)):
+    if b[1:] != _b_order(k, n, b_layout):
         return None
     return h, m, n, k
 
