@@ -240,6 +240,18 @@ def nb_matmul(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
                 c[i, j] += aik * b[k, j]
 
 
+def nb_matmul_nt(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+    """C = A B^T (B stored [N, K], like a weight [out, in]): a dot product per element."""
+    m, kk = a.shape
+    n = b.shape[0]
+    for i in prange(m):
+        for j in range(n):
+            acc = F0
+            for k in range(kk):
+                acc += a[i, k] * b[j, k]
+            c[i, j] = acc
+
+
 def nb_mha_causal(q: np.ndarray, k: np.ndarray, v: np.ndarray, o: np.ndarray) -> None:
     """Causal multi-head attention, one (head, query) row per parallel iteration."""
     heads, t, d = q.shape
@@ -313,7 +325,8 @@ def nb_fma(x: np.ndarray, a: np.float32, b: np.float32, reps: int) -> None:
 NUMBA_FUNCS: dict[str, Callable[..., Any]] = {
     f.__name__: f for f in (nb_saxpy, nb_sum, nb_softmax, nb_layernorm, nb_rmsnorm_gelu,
                             nb_chain, nb_exp, nb_tanh, nb_erf, nb_tanh_sigmoid,
-                            nb_laplacian2d, nb_laplacian3d, nb_matmul, nb_mha_causal)
+                            nb_laplacian2d, nb_laplacian3d, nb_matmul, nb_matmul_nt,
+                            nb_mha_causal)
 }
 """The Numba kernels compared against tdsl (compile.py times their first-call compile)."""
 
@@ -621,6 +634,20 @@ def case_matmul(sz: Sizes, want: set[str]) -> list[Case]:
         cases.append(Case(f"matmul {n}", "matmul", f"{n}x{n}x{n}", "f32", 3 * a.nbytes,
                           2.0 * n**3, "flop", impls, 1e-4, 1e-3 * math.sqrt(n) / 8,
                           tdsl=("matmul", "matmul")))
+    n = sz.matmul[0]  # x @ W.T with W stored [out, in]: B transposed
+    rng = _rng()
+    a, w = _f32(rng, (n, n)), _f32(rng, (n, n))
+    impls = {}
+    if "tdsl" in want:
+        k, ct = tdsl_kernel("matmul", "matmul_nt"), np.empty((n, n), np.float32)
+        impls["tdsl"] = lambda k=k, a=a, w=w, ct=ct: k(a, w, C=ct)
+    if "numpy" in want:
+        cn = np.empty((n, n), np.float32)
+        impls["numpy"] = lambda a=a, w=w, cn=cn: np.matmul(a, w.T, out=cn)
+    _add_numba(impls, want, "nb_matmul_nt", (a, w), a)
+    cases.append(Case(f"matmul_nt {n}", "matmul", f"{n}x{n}x{n}", "f32", 3 * a.nbytes,
+                      2.0 * n**3, "flop", impls, 1e-4, 1e-3 * math.sqrt(n) / 8,
+                      tdsl=("matmul", "matmul_nt")))
     return cases
 
 
