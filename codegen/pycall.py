@@ -177,9 +177,6 @@ class _Emitter:
         address = self.value(f"getelementptr inbounds i64, ptr %table, i64 {index}")
         return self.value(f"load {type_}, ptr {address}, align 8")
 
-    def word_address(self, index: int) -> str:
-        return self.value(f"getelementptr inbounds i64, ptr %table, i64 {index}")
-
     def slot(self, index: int, value: str, type_: str = "i64") -> None:
         address = self.value(f"getelementptr inbounds i64, ptr %slots, i64 {index}")
         self.do(f"store {type_} {value}, ptr {address}, align 8")
@@ -219,7 +216,18 @@ def native_wrapper(signature, entry: str) -> str:
     for param, out in zip(layout.outputs, outs):
         low, high = _given_output(ir, param, out, ranges)
         ranges.append((ir.load(low), ir.load(high)))
-    _allocate(ir, layout, outs, fresh)
+    # Everything below may run Python code (np.empty can collect garbage, a finalizer can
+    # switch threads, another thread can rewrite the plan): what the allocations need is read
+    # now, with the plan the checks above used (its objects outlive a rewrite).
+    allocation_args = []
+    for param in layout.outputs:
+        cell = ir.cell("[2 x i64]", "zeroinitializer")
+        for i in range(2):
+            ir.store(ir.value(f"getelementptr inbounds i64, ptr {cell}, i64 {i}"),
+                     ir.word(param.shape + i), "i64")
+        allocation_args.append(cell)
+    empty = ir.word(NP_EMPTY, "ptr")
+    _allocate(ir, layout, outs, fresh, empty, allocation_args)
     for param, out in zip(layout.outputs, outs):
         obj = ir.load(out)
         _descriptor(ir, slot, ir.at(obj, LAYOUT["array_data"], "ptr"), obj, param)
@@ -407,15 +415,16 @@ def _descriptor(ir: _Emitter, start: int, data: str, obj: str, param: ParamWords
                 ir.value(f"sdiv exact i64 {stride}, {param.itemsize}"))
 
 
-def _allocate(ir: _Emitter, layout: TableLayout, outs: list[str], fresh: list[str]) -> None:
-    """`np.empty(shape, dtype)` for each output the call did not give; on failure, release what
-    was allocated, clear the error and take the fallback (which reports it properly)."""
-    for param, out, new in zip(layout.outputs, outs, fresh):
+def _allocate(ir: _Emitter, layout: TableLayout, outs: list[str], fresh: list[str],
+              empty: str, allocation_args: list[str]) -> None:
+    """`np.empty(shape, dtype)` (`empty` and each output's (shape, dtype) pair, read from the
+    plan) for each output the call did not give; on failure, release what was allocated,
+    clear the error and take the fallback (which reports it properly)."""
+    for out, new, args in zip(outs, fresh, allocation_args):
         allocate, skip = ir.label(), ir.label()
         ir.branch(ir.value(f"icmp eq ptr {ir.load(out)}, null"), allocate, skip)
         ir.block(allocate)
-        array = ir.call_word(VECTORCALL, f"ptr {ir.word(NP_EMPTY, 'ptr')}, "
-                             f"ptr {ir.word_address(param.shape)}, i64 2, ptr null", "ptr")
+        array = ir.call_word(VECTORCALL, f"ptr {empty}, ptr {args}, i64 2, ptr null", "ptr")
         ir.guard(ir.value(f"icmp ne ptr {array}, null"), "allocation_failed")
         ir.store(out, array)
         ir.store(new, array)
