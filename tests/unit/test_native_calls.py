@@ -257,3 +257,29 @@ def test_the_llvm_ir_has_the_entry():
     program = check_source(SOURCE, "native.tdsl")
     text = compile_to_llvm_ir(program.kernels[0])
     assert f"define ptr @{pycall.native_symbol('saxpy')}(" in text
+
+
+def test_threads_with_different_shapes_rewrite_the_plan_safely(mod):
+    """Each thread's calls alternate shapes, so plans are rewritten while other threads call:
+    every result must still be right and of the right shape."""
+    sizes = [(5, 3), (64, 7), (1, 1), (300, 2)]
+    arrays = [RNG.standard_normal(s) for s in sizes]
+    errors: list[BaseException] = []
+
+    def work(offset):
+        try:
+            for k in range(300):
+                x = arrays[(k + offset) % len(arrays)]
+                s, t = mod.stats(x, k % 5)
+                assert s.shape == (x.shape[1],)
+                np.testing.assert_allclose(s, x.sum(axis=0) + k % 5, rtol=1e-12, atol=1e-12)
+                np.testing.assert_allclose(t, x.sum(), rtol=1e-12, atol=1e-12)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
