@@ -5,8 +5,8 @@ argument handling.
 `PyObject *tdsl_py_<kernel>(PyObject *table, PyObject *const *args, Py_ssize_t nargs,
 PyObject *kwnames)` is wrapped by the runtime into a builtin function (`PyCFunction_NewEx`)
 whose `self` is an int64 numpy array, the *table*: CPython entry points, a few objects, and
-one call plan (the dtypes, shapes and strides of the last call that the Python path
-validated, `tdsl.runtime.native`). A call whose arguments match the plan (exact `ndarray`s
+`PLANS` call plans (the dtypes, shapes and strides of calls that the Python path validated,
+`tdsl.runtime.native`), tried in turn. A call whose arguments match a plan (exact `ndarray`s
 with the same dtype object, shape and strides, aligned; given outputs writeable and
 overlapping nothing; rank-0 inputs as 0-d arrays, numpy scalars of the dtype, or in-range
 Python floats / ints) is run directly: outputs allocated with `np.empty`, the GIL released
@@ -33,11 +33,12 @@ LAYOUT = {"ob_type": 8, "ob_size": 16, "tuple_items": 24, "float_value": 16, "sc
 NPY_ALIGNED = 0x0100
 NPY_WRITEABLE = 0x0400
 
-# Table words (int64) before the per-parameter words.
+# Table words (int64) before the plans.
 FALLBACK, VECTORCALL, INCREF, DECREF, SAVE_THREAD, RESTORE_THREAD, GETITEM, EMPTY_TUPLE, \
-    TUPLE_PACK, NDARRAY_TYPE, FLOAT_TYPE, LONG_TYPE, AS_LONG_LONG, NP_EMPTY, VALID, OMP_SET, \
-    ACTIVE, NUM_THREADS, PY_ACTIVE, ERR_CLEAR = range(20)
-HEADER_WORDS = 20
+    TUPLE_PACK, NDARRAY_TYPE, FLOAT_TYPE, LONG_TYPE, AS_LONG_LONG, NP_EMPTY, OMP_SET, \
+    ACTIVE, NUM_THREADS, PY_ACTIVE, ERR_CLEAR = range(19)
+HEADER_WORDS = 19
+PLANS = 2  # plans tried in turn: calls alternating between two shapes stay native
 
 
 def native_symbol(kernel_name: str) -> str:
@@ -64,11 +65,19 @@ class ParamWords(NamedTuple):
 
 
 class TableLayout(NamedTuple):
-    """The word layout of a kernel's table."""
+    """The word layout of a kernel's table: the header, then `PLANS` plans of `plan_words`
+    words each; the indices of `valid`, `inputs` and `outputs` are those of plan 0 (plan p's
+    are `p * plan_words` further)."""
 
+    valid: int  # 1 when the plan holds a validated call's description
     inputs: tuple[ParamWords, ...]
     outputs: tuple[ParamWords, ...]
-    words: int
+    plan_words: int
+
+    @property
+    def words(self) -> int:
+        """Words of the whole table."""
+        return HEADER_WORDS + PLANS * self.plan_words
 
     @property
     def slots(self) -> int:
@@ -86,6 +95,7 @@ def table_layout(signature) -> TableLayout:
         at += n
         return at - n
 
+    valid = take(1)
     inputs = []
     for p in signature.inputs:
         dtype, rank = p.type.dtype, p.type.rank
@@ -105,7 +115,7 @@ def table_layout(signature) -> TableLayout:
         dims, strides, extent = take(rank), take(rank), take(1)
         outputs.append(ParamWords(rank, _itemsize(p.type.dtype), descr, dims, strides, extent,
                                   name=name, given=given, shape=take(2)))
-    return TableLayout(tuple(inputs), tuple(outputs), at)
+    return TableLayout(valid, tuple(inputs), tuple(outputs), at - HEADER_WORDS)
 
 
 def _itemsize(dtype: DType) -> int:
@@ -120,6 +130,8 @@ class _Emitter:
         self.prologue: list[str] = []
         self.lines: list[str] = []
         self.count = 0
+        self.plan_offset = 0  # added to the indices of plan words (not header words)
+        self.fail = "fallback"  # where a failed guard goes: the next plan, or the fallback
 
     def value(self, text: str) -> str:
         name = f"%v{self.count}"
@@ -151,10 +163,10 @@ class _Emitter:
     def jump(self, label: str) -> None:
         self.do(f"br label %{label}")
 
-    def guard(self, condition: str, otherwise: str = "fallback") -> None:
-        """Go on when `condition` holds, else branch to `otherwise`."""
+    def guard(self, condition: str, otherwise: str | None = None) -> None:
+        """Go on when `condition` holds, else branch to `otherwise` (default: `fail`)."""
         ok = self.label()
-        self.branch(condition, ok, otherwise)
+        self.branch(condition, ok, otherwise or self.fail)
         self.block(ok)
 
     def at(self, base: str, offset: int | str, type_: str) -> str:
@@ -173,7 +185,9 @@ class _Emitter:
         self.do(f"store {type_} {value}, ptr {cell}, align 8")
 
     def word(self, index: int, type_: str = "i64") -> str:
-        """Load table word `index`."""
+        """Load table word `index` (of the current plan, for a plan word)."""
+        if index >= HEADER_WORDS:
+            index += self.plan_offset
         address = self.value(f"getelementptr inbounds i64, ptr %table, i64 {index}")
         return self.value(f"load {type_}, ptr {address}, align 8")
 
@@ -198,34 +212,19 @@ def native_wrapper(signature, entry: str) -> str:
     outs = [ir.cell("ptr", "null") for _ in layout.outputs]  # the output objects
     fresh = [ir.cell("ptr", "null") for _ in layout.outputs]  # the ones this call allocated
     ir.do(f"%table = load ptr, ptr {ir.offset('%self', LAYOUT['array_data'])}, align 8")
-    ir.guard(ir.value(f"icmp ne i64 {ir.word(VALID)}, 0"))
     ir.guard(ir.value(f"icmp eq i64 %nargs, {len(layout.inputs)}"))
     _keywords(ir, layout, outs)
-    slot = 0
-    ranges: list[tuple[str, str]] = []  # the bytes [low, high) each array argument spans
-    for index, param in enumerate(layout.inputs):
-        obj = ir.load(ir.value(f"getelementptr inbounds ptr, ptr %args, i64 {index}"))
-        if param.rank == 0:
-            data, low = _scalar_input(ir, param, obj)
-            ranges.append((low, ir.offset(low, param.itemsize)))
-        else:
-            data = _checked_array(ir, param, obj, writeable=False)
-            ranges.append((data, ir.offset(data, ir.word(param.extent))))
-        _descriptor(ir, slot, data, obj, param)
-        slot += 3 + 2 * param.rank
-    for param, out in zip(layout.outputs, outs):
-        low, high = _given_output(ir, param, out, ranges)
-        ranges.append((ir.load(low), ir.load(high)))
-    # Everything below may run Python code (np.empty can collect garbage, a finalizer can
-    # switch threads, another thread can rewrite the plan): what the allocations need is read
-    # now, with the plan the checks above used (its objects outlive a rewrite).
-    allocation_args = []
-    for param in layout.outputs:
-        cell = ir.cell("[2 x i64]", "zeroinitializer")
-        for i in range(2):
-            ir.store(ir.value(f"getelementptr inbounds i64, ptr {cell}, i64 {i}"),
-                     ir.word(param.shape + i), "i64")
-        allocation_args.append(cell)
+    allocation_args = [ir.cell("[2 x i64]", "zeroinitializer") for _ in layout.outputs]
+    for plan in range(PLANS):
+        if plan:
+            ir.block(f"plan{plan}")
+        ir.plan_offset = plan * layout.plan_words
+        ir.fail = f"plan{plan + 1}" if plan + 1 < PLANS else "fallback"
+        _check_plan(ir, layout, outs, allocation_args)
+        ir.jump("matched")
+    ir.block("matched")
+    ir.plan_offset, ir.fail = 0, "fallback"
+    slot = sum(3 + 2 * p.rank for p in layout.inputs)
     empty = ir.word(NP_EMPTY, "ptr")
     _allocate(ir, layout, outs, fresh, empty, allocation_args)
     for param, out in zip(layout.outputs, outs):
@@ -241,6 +240,35 @@ def native_wrapper(signature, entry: str) -> str:
     head = [f"define ptr @{native_symbol(signature.name)}(ptr %self, ptr %args, i64 %nargs, "
             f"ptr %kwnames) noinline optnone {{", "entry:"]
     return "\n" + "\n".join(head + ir.prologue + ir.lines + ["}", ""])
+
+
+def _check_plan(ir: _Emitter, layout: TableLayout, outs: list[str],
+                allocation_args: list[str]) -> None:
+    """Check the arguments against the current plan (`ir.plan_offset`; a failed check goes to
+    `ir.fail`) and store the inputs' descriptors. Then read what the allocations need from the
+    plan: everything after the checks may run Python code (np.empty can collect garbage, a
+    finalizer can switch threads, another thread can rewrite the plan), so the allocations
+    use the plan the checks used (its objects outlive a rewrite)."""
+    ir.guard(ir.value(f"icmp ne i64 {ir.word(layout.valid)}, 0"))
+    slot = 0
+    ranges: list[tuple[str, str]] = []  # the bytes [low, high) each array argument spans
+    for index, param in enumerate(layout.inputs):
+        obj = ir.load(ir.value(f"getelementptr inbounds ptr, ptr %args, i64 {index}"))
+        if param.rank == 0:
+            data, low = _scalar_input(ir, param, obj)
+            ranges.append((low, ir.offset(low, param.itemsize)))
+        else:
+            data = _checked_array(ir, param, obj, writeable=False)
+            ranges.append((data, ir.offset(data, ir.word(param.extent))))
+        _descriptor(ir, slot, data, obj, param)
+        slot += 3 + 2 * param.rank
+    for param, out in zip(layout.outputs, outs):
+        low, high = _given_output(ir, param, out, ranges)
+        ranges.append((ir.load(low), ir.load(high)))
+    for param, cell in zip(layout.outputs, allocation_args):
+        for i in range(2):
+            ir.store(ir.value(f"getelementptr inbounds i64, ptr {cell}, i64 {i}"),
+                     ir.word(param.shape + i), "i64")
 
 
 def _keywords(ir: _Emitter, layout: TableLayout, outs: list[str]) -> None:
@@ -364,7 +392,7 @@ def _scalar_input(ir: _Emitter, param: ParamWords, obj: str) -> tuple[str, str]:
         ir.store(cell, narrow, f"i{bits}")
         ir.store(pointer, cell)
     else:
-        ir.jump("fallback")
+        ir.jump(ir.fail)
         ir.block(ir.label())  # not reached
     ir.jump(done)
     ir.block(done)

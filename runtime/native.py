@@ -2,8 +2,8 @@
 Python builtin function, and the table it reads.
 
 A call through it costs about as much as calling a C extension: it checks its arguments
-against the table's plan in machine code (the dtypes, shapes and strides of the last call the
-Python path validated), allocates the outputs, releases the GIL and runs the kernel. Any other
+against the table's plans in machine code (the dtypes, shapes and strides of the last two
+calls the Python path validated), allocates the outputs, releases the GIL and runs the kernel. Any other
 call (new shapes, lists, subclasses, unusual scalars, wrong arguments) goes to the fallback,
 the Python path, which validates it like every call, raises the usual errors, and writes a
 plan for its shapes (`NativeEntry.write_plan`), so the next call with them is native again.
@@ -135,7 +135,7 @@ class NativeEntry:
             pycall.TUPLE_PACK: _address("PyTuple_Pack"), pycall.NDARRAY_TYPE: id(np.ndarray),
             pycall.FLOAT_TYPE: id(float), pycall.LONG_TYPE: id(int),
             pycall.AS_LONG_LONG: _address("PyLong_AsLongLongAndOverflow"),
-            pycall.NP_EMPTY: id(np.empty), pycall.VALID: 0,
+            pycall.NP_EMPTY: id(np.empty),
             pycall.OMP_SET: (ctypes.cast(omp.omp_set_num_threads, ctypes.c_void_p).value
                              if omp is not None else 0),
             pycall.ACTIVE: active, pycall.NUM_THREADS: num_threads,
@@ -143,16 +143,21 @@ class NativeEntry:
         }
         for index, value in header.items():
             table[index] = value
+        # Words that are the same in every plan: rank-0 inputs' dtypes, the outputs' names.
+        self._fixed: list[tuple[int, int]] = []
         for param, words in zip(signature.inputs, layout.inputs):
             if words.rank == 0:
                 descr = numpy_dtype(param.type.dtype)
                 table.keep.append(descr)
-                table[words.descr] = id(descr)
-                table[words.scalar_type] = _scalar_type_id(param.type.dtype)
+                self._fixed += [(words.descr, id(descr)),
+                                (words.scalar_type, _scalar_type_id(param.type.dtype))]
         for param, words in zip(signature.outputs, layout.outputs):
             name = sys.intern(param.name)
             table.keep.append(name)
-            table[words.name] = id(name)
+            self._fixed.append((words.name, id(name)))
+        for plan in range(pycall.PLANS):
+            for index, value in self._fixed:
+                table[index + plan * layout.plan_words] = value
         self.table = table
         self._method = _MethodDef(pycall.native_symbol(signature.name).encode(), address,
                                   _METH_FASTCALL_KEYWORDS, None)
@@ -161,7 +166,9 @@ class NativeEntry:
         make.restype = ctypes.py_object
         make.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.c_void_p]
         self.function = make(ctypes.addressof(self._method), table, None)
-        self._planned: tuple | None = None
+        self._planned: list[tuple | None] = [None] * pycall.PLANS  # each plan's call key
+        self._next = 0  # the plan the next new key replaces
+        self._words: dict[tuple, tuple[np.ndarray, list[object]]] = {}
 
     def write_plan(self, inputs: Sequence[np.ndarray], given: Sequence[np.ndarray | None],
                    shapes: Sequence[tuple[int, ...]]) -> None:
@@ -171,16 +178,39 @@ class NativeEntry:
         key = (tuple((id(a.dtype), a.shape, a.strides) for a in inputs),
                tuple(None if g is None else (id(g.dtype), g.shape, g.strides) for g in given),
                tuple(shapes))
-        if key == self._planned:
+        if key in self._planned:
             return
+        cached = self._words.get(key)
+        if cached is None:
+            if len(self._words) >= 16:
+                self._words.clear()
+            cached = self._words[key] = self._plan_words(inputs, given, shapes)
+        words, keep = cached
+        plan = self._next
+        self._next = (plan + 1) % pycall.PLANS
+        start = pycall.HEADER_WORDS + plan * self.layout.plan_words
         table = self.table
-        words = table[pycall.HEADER_WORDS:].copy()
-        keep: list[object] = []
+        table[start + self.layout.valid - pycall.HEADER_WORDS] = 0
+        table[start:start + self.layout.plan_words] = words
+        # Older plans' objects stay alive a while: a native call that read their addresses
+        # may still be inside np.empty (which can run Python code, e.g. a finalizer).
+        table.plan_keep = [keep] + table.plan_keep[:7]
+        table[start + self.layout.valid - pycall.HEADER_WORDS] = 1
+        self._planned[plan] = key
+
+    def _plan_words(self, inputs: Sequence[np.ndarray], given: Sequence[np.ndarray | None],
+                    shapes: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, list[object]]:
+        """The words of one plan (valid set) and the objects they point to."""
         base = pycall.HEADER_WORDS
+        words = np.zeros(self.layout.plan_words, np.int64)
+        keep: list[object] = []
 
         def put(index: int, values: Sequence[int]) -> None:
             words[index - base:index - base + len(values)] = values
 
+        for index, value in self._fixed:
+            put(index, [value])
+        put(self.layout.valid, [1])
         for array, param in zip(inputs, self.layout.inputs):
             if param.rank == 0:
                 continue
@@ -202,10 +232,4 @@ class NativeEntry:
             shape_tuple, dtype = tuple(int(n) for n in shape), numpy_dtype(out.type.dtype)
             keep += [shape_tuple, dtype]
             put(param.shape, [id(shape_tuple), id(dtype)])
-        table[pycall.VALID] = 0
-        table[base:] = words
-        # Older plans' objects stay alive a while: a native call that read their addresses
-        # may still be inside np.empty (which can run Python code, e.g. a finalizer).
-        table.plan_keep = [keep] + table.plan_keep[:7]
-        table[pycall.VALID] = 1
-        self._planned = key
+        return words, keep

@@ -283,3 +283,18 @@ def test_threads_with_different_shapes_rewrite_the_plan_safely(mod):
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+def test_two_alternating_shapes_stay_native(mod):
+    entry = _entry(mod.saxpy)
+    a, b = (RNG.standard_normal(n).astype(np.float32) for n in (10, 1000))
+    for x in (a, b, a, b):
+        mod.saxpy(1.0, x, x)
+    before = entry.fallbacks
+    for _ in range(10):
+        np.testing.assert_allclose(mod.saxpy(1.0, a, a), 2 * a, rtol=1e-6)
+        np.testing.assert_allclose(mod.saxpy(1.0, b, b), 2 * b, rtol=1e-6)
+    assert entry.fallbacks == before
+    c = RNG.standard_normal(7).astype(np.float32)  # a third shape replaces one of the plans
+    for x in (c, a, b, c):
+        np.testing.assert_allclose(mod.saxpy(3.0, x, x), 4 * x, rtol=1e-6)
