@@ -1067,6 +1067,15 @@ def _on_target(case: Case, target: str, program, checked, inputs: list[Any], wan
     except Exception as exc:  # noqa: BLE001
         return [f"{target}: the call raised {type(exc).__name__}: {exc}"]
     problems = []
+    if target == "cpu":  # the first call made a plan; the second takes the native entry
+        first = [np.array(g, copy=True) for g in got]
+        try:
+            again = _tuple(compiled(*args, **outs), len(sig.outputs))
+        except Exception as exc:  # noqa: BLE001
+            return [f"{target}: the second (native) call raised {type(exc).__name__}: {exc}"]
+        for p, a, b in zip(sig.outputs, first, again):
+            if np.asarray(a).tobytes() != np.asarray(b).tobytes():
+                problems.append(f"{target}: the second (native) call changed '{p.name}'")
     for a, b in zip(args, before):
         if np.asarray(a).tobytes() != b.tobytes():
             problems.append(f"{target}: an input was modified")
