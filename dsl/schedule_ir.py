@@ -115,3 +115,29 @@ def sequence(lines: list[str]) -> str:
     body = "\n    ".join(lines + ["transform.yield"])
     return (f"  transform.named_sequence @{SCHEDULE_NAME}(%arg0: !transform.any_op "
             f"{{transform.readonly}}) {{\n    {body}\n  }}\n")
+
+
+def tileable(op) -> bool:
+    """False when an indexing map of the linalg op multiplies a loop index by a constant <= 0
+    (`x[-2 * k]`): MLIR 22's tiling asserts on such maps (an abort, not an error that the
+    schedule's fallback could catch), so such kernels keep their plain loops."""
+    from mlir import ir
+
+    if "indexing_maps" not in op.attributes:
+        return True
+    for attr in ir.ArrayAttr(op.attributes["indexing_maps"]):
+        if not all(_positive_multipliers(e) for e in ir.AffineMapAttr(attr).value.results):
+            return False
+    return True
+
+
+def _positive_multipliers(expr) -> bool:
+    from mlir import ir
+
+    if isinstance(expr, ir.AffineMulExpr) and any(
+            isinstance(side, ir.AffineConstantExpr) and side.value <= 0
+            for side in (expr.lhs, expr.rhs)):
+        return False
+    if isinstance(expr, ir.AffineBinaryExpr):
+        return _positive_multipliers(expr.lhs) and _positive_multipliers(expr.rhs)
+    return True

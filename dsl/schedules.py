@@ -72,7 +72,15 @@ from tdsl.schedule_contraction import (  # noqa: F401 - ContractionTiles: the ti
     is_contraction,
     transpose_b_operands,
 )
-from tdsl.schedule_ir import SCHEDULE_NAME, Host, host, kernel_function, linalg_info, linalg_ops
+from tdsl.schedule_ir import (
+    SCHEDULE_NAME,
+    Host,
+    host,
+    kernel_function,
+    linalg_info,
+    linalg_ops,
+    tileable,
+)
 from tdsl.schedule_rows import (  # noqa: F401 - ROW_FUSION_MAX_OPS: a knob
     ROW_FUSION_MAX_OPS,
     row_plan,
@@ -185,6 +193,8 @@ def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
     ops = linalg_ops(func)
     infos = [linalg_info(op) for op in ops]
     if not infos or any(i is None for i in infos):
+        return None
+    if not all(tileable(op.operation) for op in ops):
         return None
     h = h or host()
     for index, info in enumerate(infos):

@@ -261,3 +261,20 @@ def test_contraction_compile_time_budget():
     ex = compile_kernel(kernel)
     seconds = time.process_time() - start
     assert seconds < 2.0, (seconds, ex.compile_seconds)
+
+
+def test_negative_index_multipliers_keep_plain_loops():
+    """MLIR 22's tiling aborts the process on a map like `(d0) -> (d0 * -2)` (fuzz corpus
+    023): such kernels are not scheduled, and compile and run."""
+    source = """
+    kernel flipsum(x: {t}[N]) -> (s: {t}) {{ s = sum[k: 1](-x[-2 * k]) }}
+    kernel flipsoft(x: {t}[B, N]) -> (y: {t}[B, N]) {{
+        m[b] = max[n: N](x[b, N - 1 - n])
+        y[b, n] = exp(x[b, N - 1 - n] - m[b])
+    }}
+    """
+    assert "@tdsl_schedule" not in _fused_ir(source, "flipsum")
+    cpu = tdsl.loads(source.format(t="f32"))
+    x = rand((5, 300), "f32")
+    check(cpu.flipsum(x[0]), -x[0, 0], "f32")
+    check(cpu.flipsoft(x), np.exp(x[:, ::-1] - x.max(axis=1, keepdims=True)), "f32")
