@@ -19,6 +19,7 @@ import ctypes
 import functools
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -169,6 +170,7 @@ class NativeEntry:
         self._planned: list[tuple | None] = [None] * pycall.PLANS  # each plan's call key
         self._next = 0  # the plan the next new key replaces
         self._words: dict[tuple, tuple[np.ndarray, list[object]]] = {}
+        self._lock = threading.Lock()
 
     def write_plan(self, inputs: Sequence[np.ndarray], given: Sequence[np.ndarray | None],
                    shapes: Sequence[tuple[int, ...]]) -> None:
@@ -178,6 +180,13 @@ class NativeEntry:
         key = (tuple((id(a.dtype), a.shape, a.strides) for a in inputs),
                tuple(None if g is None else (id(g.dtype), g.shape, g.strides) for g in given),
                tuple(shapes))
+        if key in self._planned:
+            return
+        with self._lock:  # two threads falling back at once must not interleave their writes
+            self._write(key, inputs, given, shapes)
+
+    def _write(self, key: tuple, inputs: Sequence[np.ndarray],
+               given: Sequence[np.ndarray | None], shapes: Sequence[tuple[int, ...]]) -> None:
         if key in self._planned:
             return
         cached = self._words.get(key)
