@@ -77,9 +77,10 @@ def kernel_to_mlir(kernel: Kernel, scalar_reads: bool = True) -> str:
     the generic that uses it, so what depends only on it is loop-invariant (LLVM cannot hoist
     the load itself out of an OpenMP-outlined loop, whose arguments lose `noalias`). The GPU
     pipeline reads it in the kernels (a host-side load of device memory is not possible)."""
-    statements, extra, guards = hoist_reductions(kernel)
+    statements, extra, guards, domain_guards = hoist_reductions(kernel)
     emitter = _FuncEmitter(kernel, statements, kernel.locals + tuple(extra))
     emitter.guards = guards
+    emitter.domain_guards = domain_guards
     emitter.scalar_reads = scalar_reads
     return emitter.emit()
 
@@ -131,6 +132,7 @@ class _FuncEmitter:
         self.i64_values: dict[Affine, str] = {}
         self.ops = ScalarOps(self._emit_top, self.fresh)
         self.guards: dict[str, tuple[Affine, ...]] = {}  # see hoist_reductions
+        self.domain_guards: dict[str, tuple[Affine, ...]] = {}  # likewise
         self.scalar_reads = False  # see kernel_to_mlir
         self.scalars: dict[str, str] = {}  # rank-0 tensor value -> its extracted element
 
@@ -266,7 +268,11 @@ class _FuncEmitter:
             v = body.ops.cast(body.value(red.body), red.body.dtype, acc)
             return body.ops.reduce_combine(red.op, out, v, acc)
 
-        gen = _Generic(self, st.indices, st.extents, red.indices, red.extents, body=red)
+        domain_guard = self.domain_guards.get(st.target, ())
+        # A guarded local reads through tensor.extract: its loop ranges then come only from
+        # the dummies, the first reduction's emptied with the enclosing domain.
+        gen = _Generic(self, st.indices, st.extents, red.indices, red.extents,
+                       bool(domain_guard), red, domain_guard)
         result = gen.build(init, acc_type, combine)
         if direct:
             self.tensors[st.target] = result
@@ -410,9 +416,10 @@ class _Generic:
 
     def __init__(self, f: _FuncEmitter, par: tuple[str, ...], par_ext: tuple[Affine, ...],
                  red: tuple[str, ...], red_ext: tuple[Affine, ...], force_extract: bool = False,
-                 body: Expr | None = None):
+                 body: Expr | None = None, red_guard: tuple[Affine, ...] = ()):
         self.f = f
         self.force_extract = force_extract
+        self.red_guard = red_guard  # the first reduction loop is empty where one of these is 0
         self.par, self.red = list(par), list(red)
         self.loops = loop_order(par, red, body)
         self.extents = dict(zip(list(par) + list(red), list(par_ext) + list(red_ext)))
@@ -485,7 +492,8 @@ class _Generic:
             k = self.loops.index(name)
             if k in covered:
                 continue
-            dummy = self.f.empty((self.extents[name],), DType.I8)
+            guard = self.red_guard if name == self.red[0] else ()
+            dummy = self.f.empty((self.extents[name],), DType.I8, guard)
             self.operands.append(_Operand(dummy, "tensor<?xi8>",
                                           f"affine_map<({self.dims()}) -> (d{k})>", "i8"))
             self.block_args.append(f"%in{self.f.fresh()}")

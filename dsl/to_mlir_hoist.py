@@ -24,6 +24,7 @@ from tdsl.types import Affine, TensorType
 
 
 def hoist_reductions(kernel: Kernel) -> tuple[list[Statement], list[Local],
+                                              dict[str, tuple[Affine, ...]],
                                               dict[str, tuple[Affine, ...]]]:
     """Statements where a `Reduce` appears only as a whole statement's expression.
 
@@ -32,14 +33,18 @@ def hoist_reductions(kernel: Kernel) -> tuple[list[Statement], list[Local],
     third result maps such a local to the extents of the user statement's indices it does
     not depend on (those that may be 0): where one is 0 the statement has no element, and
     the local must compute nothing either (its reads are only proven in bounds for a
-    non-empty statement domain).
+    non-empty statement domain). The fourth maps a local whose body reads at non-bare
+    subscripts (`x[3]`, `x[i + 1]`) to the extents of every enclosing index it does not depend
+    on, the enclosing reductions' too (those that may be 0): where one is 0 the local's own
+    reduction domain is made empty, so it holds the identity and reads nothing (such reads are
+    proven in bounds only for non-empty enclosing domains).
     """
     taken = {p.name for p in kernel.signature.inputs + kernel.signature.outputs}
     taken |= {loc.name for loc in kernel.locals}
     hoister = _Hoister(taken)
     for st in kernel.statements:
         hoister.statement(st)
-    return hoister.statements, hoister.locals, hoister.guards
+    return hoister.statements, hoister.locals, hoister.guards, hoister.domain_guards
 
 
 class _Hoister:
@@ -48,6 +53,7 @@ class _Hoister:
         self.statements: list[Statement] = []
         self.locals: list[Local] = []
         self.guards: dict[str, tuple[Affine, ...]] = {}
+        self.domain_guards: dict[str, tuple[Affine, ...]] = {}
         self.parallel: set[str] = set()
 
     def statement(self, st: Statement) -> None:
@@ -92,6 +98,10 @@ class _Hoister:
                         and not x.provably_positive())
         if dropped:
             self.guards[name] = dropped
+        enclosing = tuple(x for n, x in scope.items() if n not in free
+                          and not x.provably_positive())
+        if enclosing and _offset_reads(reduce.body):
+            self.domain_guards[name] = enclosing
         self.locals.append(Local(name, TensorType(e.dtype, extents)))
         self.statements.append(Statement(name, free, extents, reduce))
         read = Read(name, tuple(Affine.of(n) for n in free), e.dtype)
@@ -105,6 +115,23 @@ class _Hoister:
         name = f"_tdsl_red{n}"
         self.taken.add(name)
         return name
+
+
+def _offset_reads(e: Expr) -> bool:
+    """True when `e` reads a tensor at a subscript that is not a bare index (`x[3]`,
+    `x[i + 1]`): only such reads can have been proven in bounds for a non-empty enclosing
+    domain alone; a bare index ranges over the dimension it indexes."""
+    if isinstance(e, Read):
+        return any(s.as_name() is None for s in e.subscripts)
+    if isinstance(e, Unary | Cast):
+        return _offset_reads(e.x)
+    if isinstance(e, Binary):
+        return _offset_reads(e.a) or _offset_reads(e.b)
+    if isinstance(e, Select):
+        return _offset_reads(e.cond) or _offset_reads(e.a) or _offset_reads(e.b)
+    if isinstance(e, Reduce):
+        return _offset_reads(e.body)
+    return False
 
 
 def expr_names(e: Expr) -> set[str]:

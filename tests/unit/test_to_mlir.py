@@ -132,7 +132,7 @@ def test_pure_copy_is_not_an_identity_generic():
 
 
 def test_nested_reductions_are_hoisted_over_their_free_indices():
-    statements, extra, guards = hoist_reductions(hk.row_stats())
+    statements, extra, guards, _ = hoist_reductions(hk.row_stats())
     assert [s.target for s in statements][-1] == "c"
     assert len(extra) == 2  # max and mean of the expression of c
     for loc in extra:
@@ -153,7 +153,7 @@ def test_hoisted_reduction_is_guarded_by_the_indices_it_drops():
 
     program = check_source("kernel k(x: f32[M, K], z: f32[N]) -> (y: f32[M, N]) {\n"
                            "    y[i, j] = z[j] + max[k](x[i, k])\n}\n", "g.tdsl")
-    statements, extra, guards = hoist_reductions(program.kernel("k"))
+    statements, extra, guards, _ = hoist_reductions(program.kernel("k"))
     assert [loc.type.shape for loc in extra] == [(Affine.of("M"),)]
     assert guards == {extra[0].name: (Affine.of("N"),)}
     text = kernel_to_mlir(program.kernel("k"))
@@ -162,7 +162,7 @@ def test_hoisted_reduction_is_guarded_by_the_indices_it_drops():
 
 
 def test_reduction_inside_a_reduction():
-    statements, extra, guards = hoist_reductions(hk.nested_reduction())
+    statements, extra, guards, _ = hoist_reductions(hk.nested_reduction())
     assert len(extra) == 1 and extra[0].type.shape == (Affine.of("M"),)
     assert statements[0].indices == ("i",)  # the inner max over j, per i
     verified(kernel_to_mlir(hk.nested_reduction()))
@@ -214,3 +214,18 @@ def test_loop_order_puts_the_contiguous_loop_innermost():
     text = kernel_to_mlir(hk.matmul())
     assert 'iterator_types = ["parallel", "reduction", "parallel"]' in text
     assert "affine_map<(d0, d1, d2) -> (d0, d2)>" in text  # C[m, n] with k in the middle
+
+
+def test_a_local_with_offset_reads_is_emptied_with_an_enclosing_reduction():
+    """Fuzz corpus 024: `wm[3]` is in bounds only when `p: L / 2` is not empty; the hoisted
+    local's own reduction domain is guarded by it (tensor.extract reads, a guarded dummy)."""
+    from tdsl.check import check_source
+
+    source = """
+    kernel k(x0: f32[], wl: f32[L], wm: bool[M]) -> (y: f32[1]) {
+        y[i] = sum[p: L / 2](sum[q: 1](f32(wm[3])) + x0)
+    }
+    """
+    program = check_source(source, "<test>")
+    _, _, _, domain_guards = hoist_reductions(program.kernel("k"))
+    assert len(domain_guards) == 1
