@@ -10,16 +10,18 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
 
-import tdsl
-from tdsl import api
-from tdsl.codegen.link import find_linker
-from tdsl.runtime import cache
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "support"))
+from concurrent_work import run_threads  # noqa: E402
+
+import tdsl  # noqa: E402
+from tdsl import api  # noqa: E402
+from tdsl.codegen.link import find_linker  # noqa: E402
+from tdsl.runtime import cache  # noqa: E402
 
 TARGETS = ["reference"] + [t for t in os.environ.get("TDSL_TEST_TARGETS", "reference,cpu")
                            .split(",") if t not in ("reference", "")]
@@ -55,25 +57,6 @@ def _inputs(kind: str, seed: int):
     return (rng.integers(-2**31, 2**31, n, dtype=np.int64).astype(np.int32),)
 
 
-def _run_threads(work, count: int) -> list[str]:
-    errors: list[str] = []
-    barrier = threading.Barrier(count)
-
-    def body(index: int) -> None:
-        try:
-            barrier.wait()
-            work(index)
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            errors.append(f"thread {index}: {type(exc).__name__}: {exc}")
-
-    threads = [threading.Thread(target=body, args=(n,)) for n in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    return errors
-
-
 @pytest.mark.parametrize("target", TARGETS)
 def test_many_threads_same_and_different_kernels(target):
     mod = tdsl.loads(SOURCE, target=target, filename="threads.tdsl")
@@ -96,7 +79,7 @@ def test_many_threads_same_and_different_kernels(target):
             np.testing.assert_allclose(got, expected[kind, seed], rtol=2e-6,
                                        err_msg=f"{kind} {seed}")
 
-    assert _run_threads(work, 8) == []
+    assert run_threads(work, 8) == []
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -122,7 +105,7 @@ def test_first_calls_race_to_compile_once(target, monkeypatch):
         np.testing.assert_allclose(getattr(mod, kind)(*args), getattr(ref, kind)(*args),
                                    rtol=2e-6)
 
-    assert _run_threads(work, 12) == []
+    assert run_threads(work, 12) == []
     assert sorted(builds) == ["rowsum", "saxpy", "softmax", "wrap"]
 
 
@@ -142,7 +125,7 @@ def test_one_executable_from_many_threads_with_guarded_arrays():
             mod.softmax(x, y=out)
             np.testing.assert_allclose(out, ref.softmax(np.array(x)), rtol=2e-6)
 
-    assert _run_threads(work, 6) == []
+    assert run_threads(work, 6) == []
 
 
 # ---- processes sharing one disk cache ------------------------------------------------------
@@ -202,7 +185,7 @@ def test_processes_compile_same_and_different_sources_into_one_cache(cache_dir):
 KILLED = """
 import sys, time, tdsl
 from tdsl import compiler
-from tdsl.runtime import cache
+from tdsl.runtime import cache  # noqa: E402
 where = sys.argv[2]
 build = compiler.build_library
 write = cache._atomic_write
@@ -297,5 +280,5 @@ def test_kernel_executable_is_built_once_across_threads():
 
     kernel = api.Kernel(tdsl.loads(SOURCE, target="reference").saxpy.signature, "test", make)
     seen = []
-    assert _run_threads(lambda n: seen.append(kernel.executable()), 10) == []
+    assert run_threads(lambda n: seen.append(kernel.executable()), 10) == []
     assert len(builds) == 1 and len({id(e) for e in seen}) == 1

@@ -4,14 +4,18 @@ machine code). Every call must give what the full path gives and refuse what it 
 
 from __future__ import annotations
 
-import threading
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-import tdsl
-import tdsl.runtime.signature
-from tdsl.runtime import cpu
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from concurrent_work import run_threads  # noqa: E402
+
+import tdsl  # noqa: E402
+import tdsl.runtime.signature  # noqa: E402
+from tdsl.runtime import cpu  # noqa: E402
 
 SOURCE = """
 kernel saxpy(a: f32, x: f32[N], y: f32[N]) -> (z: f32[N]) { z = a * x + y }
@@ -124,23 +128,14 @@ def test_plans_are_bounded(mod):
 
 
 def test_threads_share_plans(mod):
-    errors = []
     xs = [RNG.standard_normal(n).astype(np.float32) for n in (3, 64, 1000, 4097)]
 
     def work(seed: int) -> None:
-        try:
-            for k in range(200):
-                x = xs[(seed + k) % len(xs)]
-                np.testing.assert_allclose(mod.saxpy(3.0, x, x), 4 * x, rtol=1e-6)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for k in range(200):
+            x = xs[(seed + k) % len(xs)]
+            np.testing.assert_allclose(mod.saxpy(3.0, x, x), 4 * x, rtol=1e-6)
 
-    workers = [threading.Thread(target=work, args=(s,)) for s in range(4)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert not errors, errors[0]
+    assert run_threads(work, 4) == []
 
 
 def test_libraries_have_the_fast_entry(tmp_path):

@@ -6,14 +6,17 @@ bad calls the same way, and leak no references."""
 from __future__ import annotations
 
 import sys
-import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-import tdsl
-from tdsl.codegen import pycall
-from tdsl.runtime import native
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from concurrent_work import run_threads  # noqa: E402
+
+import tdsl  # noqa: E402
+from tdsl.codegen import pycall  # noqa: E402
+from tdsl.runtime import native  # noqa: E402
 
 SOURCE = """
 kernel saxpy(a: f32, x: f32[N], y: f32[N]) -> (z: f32[N]) { z = a * x + y }
@@ -212,21 +215,13 @@ def test_a_failed_allocation_falls_back(mod):
 
 def test_threads_call_concurrently(mod):
     xs = [RNG.standard_normal(20000).astype(np.float32) for _ in range(4)]
-    errors: list[BaseException] = []
 
-    def work(x):
-        try:
-            for k in range(200):
-                np.testing.assert_allclose(mod.saxpy(float(k), x, x), (k + 1) * x, rtol=1e-5)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+    def work(index: int) -> None:
+        for k in range(200):
+            np.testing.assert_allclose(mod.saxpy(float(k), xs[index], xs[index]),
+                                       (k + 1) * xs[index], rtol=1e-5)
 
-    threads = [threading.Thread(target=work, args=(x,)) for x in xs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    assert run_threads(work, 4) == []
     from tdsl.runtime import threads as runtime_threads
 
     assert runtime_threads._NATIVE_ACTIVE.value == 0
@@ -264,25 +259,16 @@ def test_threads_with_different_shapes_rewrite_the_plan_safely(mod):
     every result must still be right and of the right shape."""
     sizes = [(5, 3), (64, 7), (1, 1), (300, 2)]
     arrays = [RNG.standard_normal(s) for s in sizes]
-    errors: list[BaseException] = []
 
-    def work(offset):
-        try:
-            for k in range(300):
-                x = arrays[(k + offset) % len(arrays)]
-                s, t = mod.stats(x, k % 5)
-                assert s.shape == (x.shape[1],)
-                np.testing.assert_allclose(s, x.sum(axis=0) + k % 5, rtol=1e-12, atol=1e-12)
-                np.testing.assert_allclose(t, x.sum(), rtol=1e-12, atol=1e-12)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+    def work(offset: int) -> None:
+        for k in range(300):
+            x = arrays[(k + offset) % len(arrays)]
+            s, t = mod.stats(x, k % 5)
+            assert s.shape == (x.shape[1],)
+            np.testing.assert_allclose(s, x.sum(axis=0) + k % 5, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(t, x.sum(), rtol=1e-12, atol=1e-12)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    assert run_threads(work, 4) == []
 
 
 def test_two_alternating_shapes_stay_native(mod):
