@@ -51,9 +51,6 @@ class Kernel:
         # The executable's fast path, once the executable exists: the first call validates
         # (and compiles) through the full path.
         self._fast_call: Callable[[tuple, dict], Any] | None = None
-        # The executable's native entry (tdsl.runtime.native), which falls back to the
-        # executable's Python path by itself.
-        self._native: Callable[..., Any] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -69,16 +66,12 @@ class Kernel:
                     executable = self._make_executable()
                     self._fast_call = getattr(executable, "fast_call", None)
                     entry = getattr(executable, "native", None)
-                    if entry is not None:
-                        self._native = entry.function
+                    if entry is not None:  # from now on calls go straight to machine code
                         self.__class__ = _native_kernel_class(entry.function)
                     self._executable = executable
         return self._executable
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        native = self._native
-        if native is not None:
-            return native(*args, **kwargs)
         if self._fast_call is not None:
             result = self._fast_call(args, kwargs)
             if result is not None:

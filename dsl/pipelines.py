@@ -144,11 +144,10 @@ def run_pipeline(kernel: Kernel | str, until: str = "llvm", *,
         text, name = kernel_to_mlir(kernel), kernel.name
     with _LOCK:
         llvm_ir = _run_mlir(text, name, STAGE_NAMES[1:last + 1], wanted, result,
-                            print_ir_after_all, time_passes, t0)
+                            print_ir_after_all, time_passes, t0,
+                            None if isinstance(kernel, str) else kernel.signature)
     if last < STAGE_NAMES.index("llvm"):
         return result
-    if llvm_ir is not None and not isinstance(kernel, str):
-        llvm_ir += native_wrapper(kernel.signature, entry_symbol(name))
     _run_llvm(llvm_ir, STAGE_NAMES[STAGE_NAMES.index("llvm"):last + 1], wanted, result)
     return result
 
@@ -158,9 +157,8 @@ def compile_to_llvm_ir(kernel: Kernel) -> str:
     from tdsl.to_mlir import kernel_to_mlir
 
     with _LOCK:
-        llvm_ir = _run_mlir(kernel_to_mlir(kernel), kernel.name, _MLIR_STAGES + ("llvm",),
-                            set(), PipelineResult(), False, False, time.perf_counter())
-    return llvm_ir + native_wrapper(kernel.signature, entry_symbol(kernel.name))
+        return _run_mlir(kernel_to_mlir(kernel), kernel.name, _MLIR_STAGES + ("llvm",), set(),
+                         PipelineResult(), False, False, time.perf_counter(), kernel.signature)
 
 
 def _func_name(text: str) -> str:
@@ -174,7 +172,9 @@ def _func_name(text: str) -> str:
 
 def _run_mlir(text: str, name: str, stages: Sequence[str], wanted: set[str],
               result: PipelineResult, per_pass_ir: bool, per_pass_time: bool,
-              t0: float) -> str | None:
+              t0: float, signature=None) -> str | None:
+    """Run the MLIR stages; at the `llvm` stage return the LLVM IR text with the entry
+    wrappers (the native call entry too when the kernel's `signature` is known)."""
     from mlir import ir, passmanager
 
     ctx = mlir_context()
@@ -195,7 +195,10 @@ def _run_mlir(text: str, name: str, stages: Sequence[str], wanted: set[str],
 
                 llvm_ir = str(mlir_llvm.translate_module_to_llvmir(module.operation))
                 result.timings["translate"] = time.perf_counter() - start
-                return llvm_ir + entry_wrapper(llvm_ir, name)
+                llvm_ir += entry_wrapper(llvm_ir, name)
+                if signature is not None:
+                    llvm_ir += native_wrapper(signature, entry_symbol(name))
+                return llvm_ir
             stage = by_name[stage_name]
             if stage_name == "vector-math":
                 module = _expand_vector_math(module, name)

@@ -268,11 +268,8 @@ class _FuncEmitter:
             v = body.ops.cast(body.value(red.body), red.body.dtype, acc)
             return body.ops.reduce_combine(red.op, out, v, acc)
 
-        domain_guard = self.domain_guards.get(st.target, ())
-        # A guarded local reads through tensor.extract: its loop ranges then come only from
-        # the dummies, the first reduction's emptied with the enclosing domain.
-        gen = _Generic(self, st.indices, st.extents, red.indices, red.extents,
-                       bool(domain_guard), red, domain_guard)
+        gen = _Generic(self, st.indices, st.extents, red.indices, red.extents, body=red,
+                       red_guard=self.domain_guards.get(st.target, ()))
         result = gen.build(init, acc_type, combine)
         if direct:
             self.tensors[st.target] = result
@@ -418,8 +415,10 @@ class _Generic:
                  red: tuple[str, ...], red_ext: tuple[Affine, ...], force_extract: bool = False,
                  body: Expr | None = None, red_guard: tuple[Affine, ...] = ()):
         self.f = f
-        self.force_extract = force_extract
-        self.red_guard = red_guard  # the first reduction loop is empty where one of these is 0
+        # The first reduction loop is empty where one of `red_guard` is 0. Its reads then go
+        # through tensor.extract, so the loop ranges come only from the dummies.
+        self.red_guard = red_guard
+        self.force_extract = force_extract or bool(red_guard)
         self.par, self.red = list(par), list(red)
         self.loops = loop_order(par, red, body)
         self.extents = dict(zip(list(par) + list(red), list(par_ext) + list(red_ext)))

@@ -94,14 +94,13 @@ class _Hoister:
         # Only the statement's own indices: where one's range is empty the statement has no
         # element (the local may be empty too); an enclosing reduction's empty range leaves
         # the statement's elements (their loads of the local may be hoisted out of it).
-        dropped = tuple(x for n, x in scope.items() if n not in free and n in self.parallel
-                        and not x.provably_positive())
+        may_be_empty = {n: x for n, x in scope.items()
+                        if n not in free and not x.provably_positive()}
+        dropped = tuple(x for n, x in may_be_empty.items() if n in self.parallel)
         if dropped:
             self.guards[name] = dropped
-        enclosing = tuple(x for n, x in scope.items() if n not in free
-                          and not x.provably_positive())
-        if enclosing and _offset_reads(reduce.body):
-            self.domain_guards[name] = enclosing
+        if may_be_empty and _offset_reads(reduce.body):
+            self.domain_guards[name] = tuple(may_be_empty.values())
         self.locals.append(Local(name, TensorType(e.dtype, extents)))
         self.statements.append(Statement(name, free, extents, reduce))
         read = Read(name, tuple(Affine.of(n) for n in free), e.dtype)

@@ -15,7 +15,7 @@ are compiled with sequential loops.
   core count; `set_num_threads(n)` changes it at run time.
 - No oversubscription: a call made while another threaded tdsl call is running (from another
   Python thread, e.g. a dask worker pool) runs on one thread. The count is set per calling
-  thread with `omp_set_num_threads` (an OpenMP per-thread setting), only when it changes.
+  thread with `omp_set_num_threads` (an OpenMP per-thread setting), before every call.
 - Small work stays on the calling thread: each parallel region has an `if` clause comparing
   the loop nest's iteration count with `tdsl.parallel_loops.PARALLEL_WORK`.
 - The GIL is released during every call (ctypes `CFUNCTYPE`, or the native entry).
