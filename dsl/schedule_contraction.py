@@ -156,11 +156,12 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         f"[{', '.join(str(d) for d in mnk)}] : ({a}) -> {a}",
         # a transposed B (`transpose_b_operands`) is copied in 32 x 32 tiles, cache-friendly
         f'%tr = transform.structured.match ops{{["linalg.transpose"]}} in %f : ({a}) -> {a}',
-        f"%tr_tiled, %tr_loops = transform.structured.tile_using_forall %tr tile_sizes {ts(m=32, n=32, b=1)} "
-        f": ({a}) -> ({a}, {a})",
+        f"%tr_tiled, %tr_loops = transform.structured.tile_using_forall %tr tile_sizes "
+        f"{ts(m=32, n=32, b=1)} : ({a}) -> ({a}, {a})",
         *_thread_chunks("%mnk", "%mine", cores, ts(m=cores)),
         f"%t0, %l0{', %lb' if batched else ''} = transform.structured.fuse %mine tile_sizes "
-        f"{ts(n=tiles.nc, b=1)} {{apply_cleanup}} : ({a}) -> ({a}, {a}{', ' + a if batched else ''})",
+        f"{ts(n=tiles.nc, b=1)} {{apply_cleanup}} : ({a}) -> "
+        f"({a}, {a}{', ' + a if batched else ''})",
         f"%t1, %l1 = transform.structured.tile_using_for %t0 tile_sizes {ts(k=tiles.kc)} "
         f": ({a}) -> ({a}, {a})",
         *_peel("%l1", "%k_full", "%k_part"),

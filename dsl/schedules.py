@@ -6,10 +6,10 @@ linalg ops on tensors and, when one of three patterns is found, builds a transfo
 it in the module, so that `tdsl compile FILE --emit fused` shows both the script and its
 result. `strip_schedules` removes it before bufferization.
 
-Row-wise fusion (`rows`, `tdsl.schedule_rows`): the kernel's last linalg op (the root, the only one whose result
-leaves the kernel) is tiled over the leading dimensions of its result (`t` = rank - 1 of
-them): first into `chunks` (one `scf.forall` iteration per core: `scf.parallel` after
-bufferization, which the threads stage runs on its pool), then, inside, one row at a time
+Row-wise fusion (`rows`, `tdsl.schedule_rows`): the kernel's last linalg op (the root, the only
+one whose result leaves the kernel) is tiled over the leading dimensions of its result (`t` =
+rank - 1 of them): first into `chunks` (one `scf.forall` iteration per core: `scf.parallel`
+after bufferization, which the threads stage runs on its pool), then, inside, one row at a time
 (`transform.structured.fuse`, tile size 1). Every producer is fused into that nest in reverse
 order, so a row of every temporary is computed right before its consumers read it: softmax,
 layernorm and rmsnorm read each input row from memory once and re-read it from L1. The row
@@ -40,17 +40,17 @@ registers, 8 x 2 with 32) and cache sizes (`KC` = 256, `MC` = 12 `MR`, `NC` = 25
 constants, never derived from the (dynamic) problem size, so the compile time does not depend
 on it: about 3 copies of the contraction body are compiled.
 
-Split reductions (`split`, `tdsl.schedule_rows`): a reduction to a scalar (rank-0 result: `sum[i](x[i])`, a dot
-product, a max over a matrix) has no parallel loop for the threads stage. When kernels are
-compiled with threads (libomp), its outermost loop is split into one chunk per core (at least
-2; `tile_reduction_using_forall`): an `scf.forall` (`scf.parallel`, then OpenMP, behind the
-usual work threshold) whose chunks reduce contiguous slices into private accumulators (stack
-slots: `bufferize_to_allocation`) stored as partials, then a short serial `linalg.reduce`
-combines the partials into the original init. Only combiners that may be regrouped are split:
-integer ops (exact) and float ops with `reassoc` (sum, mean, max, min: nan still propagates);
-a float `prod` stays ordered. The chunk count is fixed when compiling, so results do not
-depend on the thread count. Bodies with `linalg.index` are left alone (MLIR 22's partial
-tiling does not offset it), and so are rank >= 1 results (see `_splittable`).
+Split reductions (`split`, `tdsl.schedule_rows`): a reduction to a scalar (rank-0 result:
+`sum[i](x[i])`, a dot product, a max over a matrix) has no parallel loop for the threads stage.
+When kernels are compiled with threads (libomp), its outermost loop is split into one chunk per
+core (at least 2; `tile_reduction_using_forall`): an `scf.forall` (`scf.parallel`, then OpenMP,
+behind the usual work threshold) whose chunks reduce contiguous slices into private
+accumulators (stack slots: `bufferize_to_allocation`) stored as partials, then a short serial
+`linalg.reduce` combines the partials into the original init. Only combiners that may be
+regrouped are split: integer ops (exact) and float ops with `reassoc` (sum, mean, max, min: nan
+still propagates); a float `prod` stays ordered. The chunk count is fixed when compiling, so
+results do not depend on the thread count. Bodies with `linalg.index` are left alone (MLIR 22's
+partial tiling does not offset it), and so are rank >= 1 results (see `_splittable`).
 
 Any failure of the interpreter leaves the kernel unscheduled (the schedule is applied to a
 copy of the module first): schedules only ever make code faster, never break it.

@@ -8,7 +8,7 @@ import json
 import os
 import threading
 
-from tdsl.codegen.pycall import native_symbol
+from tdsl.codegen.pycall_table import native_symbol
 from tdsl.runtime import threads
 from tdsl.runtime.cpu import CpuExecutable
 from tdsl.runtime.signature import Signature

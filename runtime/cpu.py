@@ -324,7 +324,7 @@ class CpuExecutable:
 def compile_kernel(kernel: Kernel) -> CpuExecutable:
     """Compile a checked kernel for the host CPU and load it (MLIR -> LLVM -> MCJIT)."""
     from tdsl.codegen import llvm as cg
-    from tdsl.codegen.pycall import native_symbol
+    from tdsl.codegen.pycall_table import native_symbol
     from tdsl.pipelines import compile_to_llvm_ir, entry_symbol, fast_symbol
 
     t0 = time.perf_counter()

@@ -3,10 +3,11 @@ Python builtin function, and the table it reads.
 
 A call through it costs about as much as calling a C extension: it checks its arguments
 against the table's plans in machine code (the dtypes, shapes and strides of the last two
-calls the Python path validated), allocates the outputs, releases the GIL and runs the kernel. Any other
-call (new shapes, lists, subclasses, unusual scalars, wrong arguments) goes to the fallback,
-the Python path, which validates it like every call, raises the usual errors, and writes a
-plan for its shapes (`NativeEntry.write_plan`), so the next call with them is native again.
+calls the Python path validated), allocates the outputs, releases the GIL and runs the
+kernel. Any other call (new shapes, lists, subclasses, unusual scalars, wrong arguments) goes
+to the fallback, the Python path, which validates it like every call, raises the usual
+errors, and writes a plan for its shapes (`NativeEntry.write_plan`), so the next call with
+them is native again.
 
 The entry relies on CPython and numpy object layouts; `supported()` checks them on the
 running interpreter and numpy (a free-threaded build or a different layout disables native
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tdsl.codegen import pycall
+from tdsl.codegen import pycall_table
 from tdsl.runtime import threads
 from tdsl.runtime.signature import Signature, numpy_dtype
 from tdsl.types import DType
@@ -62,7 +63,7 @@ def supported() -> bool:
     """True when this interpreter and numpy lay their objects out as the entry expects."""
     if sys.maxsize != 2 ** 63 - 1 or not hasattr(ctypes, "pythonapi"):
         return False
-    lay = pycall.LAYOUT
+    lay = pycall_table.LAYOUT
     try:
         a = np.zeros((3, 4), np.float32)[:, 1:]
         t = (a, 1.5)
@@ -79,7 +80,7 @@ def supported() -> bool:
             _at(a, lay["array_data"], ctypes.c_void_p) == a.ctypes.data,
             _at(a, lay["array_nd"], ctypes.c_int) == 2,
             _at(a, lay["array_descr"], ctypes.c_void_p) == id(a.dtype),
-            _at(a, lay["array_flags"], ctypes.c_int) & pycall.NPY_ALIGNED != 0,
+            _at(a, lay["array_flags"], ctypes.c_int) & pycall_table.NPY_ALIGNED != 0,
         ]
         dims = _at(a, lay["array_dims"], ctypes.c_void_p)
         strides = _at(a, lay["array_strides"], ctypes.c_void_p)
@@ -88,7 +89,7 @@ def supported() -> bool:
         readonly = np.zeros(2)
         readonly.flags.writeable = False
         checks.append(_at(readonly, lay["array_flags"], ctypes.c_int) &
-                      pycall.NPY_WRITEABLE == 0)
+                      pycall_table.NPY_WRITEABLE == 0)
         return all(checks)
     except (ValueError, OSError, AttributeError):
         return False
@@ -114,7 +115,7 @@ class NativeEntry:
 
     def __init__(self, signature: Signature, address: int, fallback: Callable[..., Any],
                  omp: ctypes.CDLL | None):
-        layout = pycall.table_layout(signature)
+        layout = pycall_table.table_layout(signature)
         self.signature = signature
         self.fallbacks = 0  # calls the entry handed to the Python path
 
@@ -127,20 +128,28 @@ class NativeEntry:
         table.keep = [python_path]  # objects whose addresses the words hold
         table.plan_keep = []
         active, num_threads, python_active = threads.native_counters()
+        t = pycall_table
         header = {
-            pycall.FALLBACK: id(python_path), pycall.VECTORCALL: _address("PyObject_Vectorcall"),
-            pycall.INCREF: _address("Py_IncRef"), pycall.DECREF: _address("Py_DecRef"),
-            pycall.SAVE_THREAD: _address("PyEval_SaveThread"),
-            pycall.RESTORE_THREAD: _address("PyEval_RestoreThread"),
-            pycall.GETITEM: _address("PyObject_GetItem"), pycall.EMPTY_TUPLE: id(()),
-            pycall.TUPLE_PACK: _address("PyTuple_Pack"), pycall.NDARRAY_TYPE: id(np.ndarray),
-            pycall.FLOAT_TYPE: id(float), pycall.LONG_TYPE: id(int),
-            pycall.AS_LONG_LONG: _address("PyLong_AsLongLongAndOverflow"),
-            pycall.NP_EMPTY: id(np.empty),
-            pycall.OMP_SET: (ctypes.cast(omp.omp_set_num_threads, ctypes.c_void_p).value
-                             if omp is not None else 0),
-            pycall.ACTIVE: active, pycall.NUM_THREADS: num_threads,
-            pycall.PY_ACTIVE: python_active, pycall.ERR_CLEAR: _address("PyErr_Clear"),
+            t.FALLBACK: id(python_path),
+            t.VECTORCALL: _address("PyObject_Vectorcall"),
+            t.INCREF: _address("Py_IncRef"),
+            t.DECREF: _address("Py_DecRef"),
+            t.SAVE_THREAD: _address("PyEval_SaveThread"),
+            t.RESTORE_THREAD: _address("PyEval_RestoreThread"),
+            t.GETITEM: _address("PyObject_GetItem"),
+            t.EMPTY_TUPLE: id(()),
+            t.TUPLE_PACK: _address("PyTuple_Pack"),
+            t.NDARRAY_TYPE: id(np.ndarray),
+            t.FLOAT_TYPE: id(float),
+            t.LONG_TYPE: id(int),
+            t.AS_LONG_LONG: _address("PyLong_AsLongLongAndOverflow"),
+            t.NP_EMPTY: id(np.empty),
+            t.OMP_SET: (ctypes.cast(omp.omp_set_num_threads, ctypes.c_void_p).value
+                        if omp is not None else 0),
+            t.ACTIVE: active,
+            t.NUM_THREADS: num_threads,
+            t.PY_ACTIVE: python_active,
+            t.ERR_CLEAR: _address("PyErr_Clear"),
         }
         for index, value in header.items():
             table[index] = value
@@ -156,18 +165,18 @@ class NativeEntry:
             name = sys.intern(param.name)
             table.keep.append(name)
             self._fixed.append((words.name, id(name)))
-        for plan in range(pycall.PLANS):
+        for plan in range(pycall_table.PLANS):
             for index, value in self._fixed:
                 table[index + plan * layout.plan_words] = value
         self.table = table
-        self._method = _MethodDef(pycall.native_symbol(signature.name).encode(), address,
+        self._method = _MethodDef(pycall_table.native_symbol(signature.name).encode(), address,
                                   _METH_FASTCALL_KEYWORDS, None)
         table.keep.append(self._method)
         make = ctypes.pythonapi.PyCFunction_NewEx
         make.restype = ctypes.py_object
         make.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.c_void_p]
         self.function = make(ctypes.addressof(self._method), table, None)
-        self._planned: list[tuple | None] = [None] * pycall.PLANS  # each plan's call key
+        self._planned: list[tuple | None] = [None] * pycall_table.PLANS  # each plan's call key
         self._next = 0  # the plan the next new key replaces
         self._words: dict[tuple, tuple[np.ndarray, list[object]]] = {}
         self._lock = threading.Lock()
@@ -196,21 +205,21 @@ class NativeEntry:
             cached = self._words[key] = self._plan_words(inputs, given, shapes)
         words, keep = cached
         plan = self._next
-        self._next = (plan + 1) % pycall.PLANS
-        start = pycall.HEADER_WORDS + plan * self.layout.plan_words
+        self._next = (plan + 1) % pycall_table.PLANS
+        start = pycall_table.HEADER_WORDS + plan * self.layout.plan_words
         table = self.table
-        table[start + self.layout.valid - pycall.HEADER_WORDS] = 0
+        table[start + self.layout.valid - pycall_table.HEADER_WORDS] = 0
         table[start:start + self.layout.plan_words] = words
         # Older plans' objects stay alive a while: a native call that read their addresses
         # may still be inside np.empty (which can run Python code, e.g. a finalizer).
         table.plan_keep = [keep] + table.plan_keep[:7]
-        table[start + self.layout.valid - pycall.HEADER_WORDS] = 1
+        table[start + self.layout.valid - pycall_table.HEADER_WORDS] = 1
         self._planned[plan] = key
 
     def _plan_words(self, inputs: Sequence[np.ndarray], given: Sequence[np.ndarray | None],
                     shapes: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, list[object]]:
         """The words of one plan (valid set) and the objects they point to."""
-        base = pycall.HEADER_WORDS
+        base = pycall_table.HEADER_WORDS
         words = np.zeros(self.layout.plan_words, np.int64)
         keep: list[object] = []
 
