@@ -67,20 +67,20 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 BENCHES = [
     Bench("saxpy", lambda q: [np.float32(1.5)] + [_rng().standard_normal(
-        1 << (20 if q else 26)).astype(np.float32) for _ in range(2)],
+        1 << (20 if q else 27)).astype(np.float32) for _ in range(2)],
         lambda a, x, y: a * x + y, lambda a, x, y: 3 * x.nbytes),
-    Bench("softmax", lambda q: [_rng().standard_normal((512 if q else 4096, 4096))
+    Bench("softmax", lambda q: [_rng().standard_normal((512 if q else 16384, 4096))
                                 .astype(np.float32)],
           _softmax, lambda x: 2 * x.nbytes),
-    Bench("rmsnorm", lambda q: [_rng().standard_normal((512 if q else 4096, 4096))
+    Bench("rmsnorm", lambda q: [_rng().standard_normal((512 if q else 16384, 4096))
                                 .astype(np.float32), _rng().standard_normal(4096)
                                 .astype(np.float32)],
           lambda x, g: x / np.sqrt((x * x).mean(axis=1, keepdims=True) + 1e-6) * g,
           lambda x, g: 2 * x.nbytes),
-    Bench("row_sum", lambda q: [_rng().standard_normal((512 if q else 8192, 4096))
+    Bench("row_sum", lambda q: [_rng().standard_normal((512 if q else 16384, 4096))
                                 .astype(np.float32)],
           lambda x: x.sum(axis=1), lambda x: x.nbytes),
-    Bench("total", lambda q: [_rng().standard_normal(1 << (20 if q else 26))
+    Bench("total", lambda q: [_rng().standard_normal(1 << (20 if q else 27))
                               .astype(np.float32)],
           lambda x: np.float32(x.astype(np.float64).sum()), lambda x: x.nbytes),
     Bench("matmul", lambda q: [_rng().standard_normal((512 if q else 2048,) * 2)
@@ -140,6 +140,48 @@ def _median_time(fn: Callable[[], Any], sync: Callable[[], None], repeat: int) -
     return statistics.median(times)
 
 
+def _copy_roof(quick: bool) -> float | None:
+    """The measured bandwidth of a large device-to-device copy (GB/s, read + written), through
+    PyTorch or CuPy; None where neither is installed."""
+    count = 1 << (24 if quick else 28)
+    try:
+        import torch
+
+        x = torch.randn(count, device="cuda")
+        y = torch.empty_like(x)
+        seconds = _median_time(lambda: y.copy_(x), torch.cuda.synchronize, 20)
+    except Exception:  # noqa: BLE001 - no PyTorch or no GPU for it: try CuPy
+        try:
+            import cupy as cp
+
+            x = cp.random.standard_normal(count, dtype=cp.float32)
+            y = cp.empty_like(x)
+            seconds = _median_time(lambda: y.__setitem__(slice(None), x),
+                                   cp.cuda.Device().synchronize, 20)
+        except Exception:  # noqa: BLE001
+            return None
+    return 2 * 4 * count / seconds / 1e9
+
+
+def _call_overhead(module, baselines: dict, sync: Callable[[], None]) -> dict:
+    """The time of a call on a tiny device array (1024 floats): launch and call overhead."""
+    from tdsl.runtime.cuda import to_device
+
+    executable = module.saxpy.executable()
+    x = np.ones(1024, np.float32)
+    dx, dy, dz = to_device(x), to_device(x), to_device(x)
+    row: dict[str, Any] = {"name": "call_overhead_1k"}
+    row["tdsl_s"] = _median_time(lambda: executable(np.float32(2), dx, dy, z=dz), sync, 200)
+    line = f"{'overhead':10s} tdsl {row['tdsl_s'] * 1e6:8.1f} us per call (saxpy, N=1024)"
+    for lib, fns in baselines.items():
+        a, b = fns["_device"](x), fns["_device"](x)
+        row[f"{lib}_s"] = _median_time(functools.partial(fns["saxpy"], np.float32(2), a, b),
+                                       fns["_sync"], 200)
+        line += f"  | {lib} {row[f'{lib}_s'] * 1e6:8.1f} us"
+    print(line)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; exit 1 when a tdsl result is wrong."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -169,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {info.name} ({info.arch}, {info.sm_count} SMs, "
           f"{info.peak_bandwidth_gbs:.0f} GB/s theoretical); baselines: "
           f"{', '.join(baselines) or 'none installed'}")
+    roof = None if args.emulate else _copy_roof(args.quick)
+    if roof:
+        print(f"measured device-to-device copy: {roof:.0f} GB/s (bytes read + written)")
     wanted = set(args.only.split(",")) if args.only else None
     results, wrong = [], False
     sync = lambda: cuda_driver.driver().synchronize(cuda_driver.driver().stream())  # noqa: E731
@@ -182,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         executable = getattr(module, bench.name).executable()
         device = [to_device(a) if a.ndim else a for a in host]
         got = executable(*device)
-        got = got.copy_to_host() if hasattr(got, "copy_to_host") else got
+        outputs = {}  # timed calls write into preallocated outputs, like the baselines' pools
+        if hasattr(got, "copy_to_host"):
+            outputs = {executable.signature.outputs[0].name: got}
+            got = got.copy_to_host()
         want = bench.reference(*host)
         if not np.allclose(got, want, rtol=2e-3, atol=2e-3):
             print(f"{bench.name:10s} WRONG (largest difference "
@@ -190,15 +238,18 @@ def main(argv: list[str] | None = None) -> int:
             wrong = True
             continue
         row: dict[str, Any] = {"name": bench.name, "device": info.name}
-        row["tdsl_s"] = _median_time(functools.partial(executable, *device), sync, args.repeat)
+        row["tdsl_s"] = _median_time(functools.partial(executable, *device, **outputs), sync,
+                                     args.repeat)
         for lib, fns in baselines.items():
             lib_args = [fns["_device"](a) if a.ndim else a for a in host]
             row[f"{lib}_s"] = _median_time(functools.partial(fns[bench.name], *lib_args),
                                            fns["_sync"], args.repeat)
         gbs = bench.bytes(*host) / row["tdsl_s"] / 1e9
         row["GB/s"], row["bw_fraction"] = gbs, gbs / max(info.peak_bandwidth_gbs, 1e-9)
+        row["copy_fraction"] = gbs / roof if roof else None
         line = (f"{bench.name:10s} tdsl {row['tdsl_s'] * 1e3:8.3f} ms  {gbs:7.1f} GB/s "
-                f"({100 * row['bw_fraction']:4.1f}% of peak)")
+                f"({100 * row['bw_fraction']:4.1f}% of peak"
+                + (f", {100 * gbs / roof:4.1f}% of copy)" if roof else ")"))
         if bench.flops:
             row["GFLOP/s"] = bench.flops(*host) / row["tdsl_s"] / 1e9
             line += f"  {row['GFLOP/s']:8.1f} GFLOP/s"
@@ -207,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             line += f"  | {lib} {row[f'{lib}_s'] * 1e3:8.3f} ms (tdsl {ratio:5.2f}x)"
         print(line)
         results.append(row)
+    if not args.emulate:
+        results.append(_call_overhead(module, baselines, sync))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

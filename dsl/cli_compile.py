@@ -10,7 +10,7 @@ from tdsl.runtime.signature import Signature
 
 EMIT_CHOICES = ("ast", "checked", "mlir", "vector-math", "fused", "bufferized", "loops",
                 "openmp", "llvm-dialect", "llvm", "asm", "obj", "header", "so")
-GPU_EMIT_CHOICES = ("mapped", "gpu", "nvvm", "ptx", "host")  # --target cuda only
+GPU_EMIT_CHOICES = ("mapped", "gpu", "nvvm", "ptx", "host", "bundle")  # --target cuda only
 
 
 def add_compile_commands(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,9 @@ def add_compile_commands(sub: argparse._SubParsersAction) -> None:
     comp.add_argument("--emit", "-e", choices=EMIT_CHOICES + GPU_EMIT_CHOICES, default=None,
                       help="what to produce (default: 'so' with -o, else 'llvm'; 'ptx' for "
                       "--target cuda, whose stages are mlir, fused, bufferized, loops, "
-                      "mapped, gpu, nvvm, ptx, host, llvm)")
+                      "mapped, gpu, nvvm, ptx, host, llvm; 'bundle' with -o writes every kernel's "
+                      "PTX and host code, loadable with tdsl.load_library where the compiler "
+                      "is not installed)")
     comp.add_argument("--target", "-t", choices=("cpu", "cuda"), default="cpu",
                       help="compile for the host CPU (default) or for CUDA GPUs")
     comp.add_argument("--arch", default=None,
@@ -66,6 +68,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return _write(args.output, "\n\n".join(dump_checked(k) for k in kernels))
     if emit == "header":
         return _write(args.output, c_header([k.signature for k in program.kernels]))
+    if args.target == "cuda" and emit == "bundle":
+        return _write_bundle(program, args)
     if args.target == "cuda":
         from tdsl.gpu_pipeline import DEFAULT_ARCH, emit_cuda
 
@@ -90,6 +94,22 @@ def cmd_compile(args: argparse.Namespace) -> int:
     for note in notes:
         print(note, file=sys.stderr)
     return _write(args.output, output)
+
+
+def _write_bundle(program, args: argparse.Namespace) -> int:
+    """`--target cuda --emit bundle -o FILE`: the kernels' PTX and host code in one file."""
+    from tdsl.cli import UsageError
+    from tdsl.gpu_pipeline import DEFAULT_ARCH
+    from tdsl.runtime.cuda import compile_kernel
+    from tdsl.runtime.cuda_bundle import write_bundle
+
+    if not args.output:
+        raise UsageError("--emit bundle needs -o FILE.tdslcuda")
+    arch = args.arch or DEFAULT_ARCH
+    kernels = [k for k in program.kernels if not args.kernel or k.name == args.kernel]
+    write_bundle(args.output, [compile_kernel(k, arch) for k in kernels])
+    print(f"wrote {args.output} ({len(kernels)} kernels, {arch})", file=sys.stderr)
+    return 0
 
 
 def _write(path: str | None, data: str | bytes) -> int:

@@ -74,8 +74,9 @@ GPU_STAGES: tuple[GpuStage, ...] = (
               "lower-affine", "canonicalize", "cse")),
     GpuStage("nvvm", "kernels lowered to the NVVM and LLVM dialects, target attached",
              ("nvvm-attach-target{{chip={chip} features={features} O=3}}",
+              # what convert-gpu-to-nvvm leaves of math (math.absi) becomes LLVM intrinsics
               "gpu.module(convert-scf-to-cf, convert-gpu-to-nvvm{{index-bitwidth=64}}, "
-              "canonicalize, cse)")),
+              "convert-math-to-llvm, canonicalize, cse)")),
     GpuStage("ptx", "PTX of the kernels", ("gpu-module-to-binary{{format=isa}}",)),
     GpuStage("host", "host function in the LLVM dialect, calling the mgpu* runtime",
              ("func.func(gpu-async-region)", "expand-strided-metadata", "lower-affine",

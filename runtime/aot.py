@@ -96,10 +96,17 @@ def open_library(path: str | os.PathLike[str]) -> tuple[dict, dict[str, CpuExecu
 
 
 def load_library(path: str | os.PathLike[str]):
-    """Load a library written by `tdsl compile FILE -o lib.so` as a module of kernels,
+    """Load a library written by `tdsl compile FILE -o lib.so`, or a CUDA bundle written by
+    `tdsl compile FILE --target cuda --emit bundle -o FILE.tdslcuda`, as a module of kernels,
     validated exactly like `tdsl.load`; the compiler need not be installed."""
     from tdsl.api import Kernel, Module
+    from tdsl.runtime.cuda_bundle import is_bundle, read_bundle
 
+    if is_bundle(path):
+        bundled = read_bundle(path)
+        kernels = {name: Kernel(ex.signature, "cuda", _constant(ex)) for name, ex in
+                   bundled.items()}
+        return Module(kernels, os.fspath(path), "cuda")
     meta, executables = open_library(path)
     kernels = {name: Kernel(ex.signature, "cpu", _constant(ex)) for name, ex in
                executables.items()}

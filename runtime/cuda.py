@@ -337,11 +337,22 @@ class CudaExecutable:
 
 
 def compile_kernel(kernel: Kernel, arch: str | None = None) -> CudaExecutable:
-    """Compile a checked kernel to PTX and host code (no GPU needed until it is called)."""
+    """Compile a checked kernel to PTX and host code (no GPU needed until it is called), or
+    take it from the `TDSL_CUDA_BUNDLES` folder (`tdsl.runtime.cuda_bundle`)."""
+    from tdsl.runtime import cuda_bundle
+
+    target = arch or default_arch()
+    where = cuda_bundle.folder()
+    if where is None:
+        return _compile(kernel, target)
+    return cuda_bundle.compile_through_folder(kernel, target, where,
+                                              lambda: _compile(kernel, target))
+
+
+def _compile(kernel: Kernel, target: str) -> CudaExecutable:
     from tdsl.gpu_pipeline import run_gpu_pipeline
 
     start = time.perf_counter()
-    target = arch or default_arch()
     result = run_gpu_pipeline(kernel, until="llvm", arch=target, keep=["gpu"])
     if result.ptx is None or result.host_llvm is None:
         raise CudaError(f"the GPU pipeline produced no code for '{kernel.name}'")

@@ -56,13 +56,19 @@ def test_sample_case_on_gpu(case):
         assert_close(got, want, case.rtol, case.atol)
 
 
-@pytest.mark.parametrize("name,sizes", [
+#: Hand-built kernels run at large sizes (tools/device_check.py prebuilds the same list).
+HANDBUILT_ON_GPU = [
     ("saxpy", {"N": 1 << 20}), ("softmax", {"B": 300, "N": 1000}),
     ("matmul", {"M": 127, "K": 300, "N": 129}), ("total_sum", {"M": 1000, "N": 999}),
     ("row_stats", {"B": 77, "N": 4097}), ("conv1d", {"N": 100_000, "R": 7}),
     ("int_divmod", {"N": 10_000}), ("bool_ops", {"N": 1000, "M": 300}),
     ("nested_reduction", {"M": 1000, "N": 33}), ("upsample", {"N": 5000}),
-])
+]
+#: The small kernel of the device-array tests.
+TWICE = "kernel f(x: f32[N]) -> (y: f32[N]) { y = 2.0 * x }"
+
+
+@pytest.mark.parametrize("name,sizes", HANDBUILT_ON_GPU)
 def test_handbuilt_kernel_on_gpu_matches_reference(name, sizes):
     from tdsl.runtime.cuda import compile_kernel
     from tdsl.runtime.inputs import random_inputs
@@ -100,14 +106,14 @@ def test_cupy_or_torch_arrays_if_installed():
         except ImportError:
             pytest.skip("neither CuPy nor PyTorch is installed")
         x = torch.randn(1000, device="cuda")
-        module = tdsl.loads("kernel f(x: f32[N]) -> (y: f32[N]) { y = 2.0 * x }", "cuda")
+        module = tdsl.loads(TWICE, "cuda")
         y = torch.empty_like(x)
         module.f.executable()(x, y=y)
         torch.cuda.synchronize()
         assert torch.allclose(y, 2 * x)
         return
     x = cp.arange(1000, dtype=cp.float32)
-    module = tdsl.loads("kernel f(x: f32[N]) -> (y: f32[N]) { y = 2.0 * x }", "cuda")
+    module = tdsl.loads(TWICE, "cuda")
     y = module.f.executable()(x)
     np.testing.assert_allclose(y.copy_to_host(), 2 * cp.asnumpy(x))
 
@@ -126,7 +132,7 @@ def test_kernel_call_with_device_arrays_and_dlpack():
             return self.array.__dlpack_device__()
 
     assert tdsl.cuda.is_available() and tdsl.cuda.device_name()
-    module = tdsl.loads("kernel f(x: f32[N]) -> (y: f32[N]) { y = 2.0 * x }", "cuda")
+    module = tdsl.loads(TWICE, "cuda")
     x = np.arange(1000, dtype=np.float32)
     dx = tdsl.cuda.to_device(x)
     dy = module.f(dx)  # through Kernel.__call__

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -971,11 +972,8 @@ def targets() -> list[str]:
     names = os.environ.get("TDSL_FUZZ_TARGETS", "cpu,emulator").split(",")
     found = []
     for name in names:
-        if name in ("cpu", "emulator"):
-            try:
-                import tdsl.pipelines  # noqa: F401 - the MLIR bindings
-            except ImportError:
-                continue
+        if name in ("cpu", "emulator") and not _compiler_installed():
+            continue
         if name and name != "reference":
             found.append(name)
     return found
@@ -987,12 +985,18 @@ def api_targets() -> list[str]:
 
 
 def available_targets() -> list[str]:
-    """Every compiled target this machine can run (corpus entries replay on all of theirs)."""
-    try:
-        import tdsl.pipelines  # noqa: F401 - the MLIR bindings
-    except ImportError:
-        return []
-    return ["cpu", "emulator"]
+    """Every compiled target this machine can run (corpus entries replay on all of theirs):
+    cpu and the emulator where the compiler is installed, cuda where a GPU is (its kernels
+    come from `TDSL_CUDA_BUNDLES` where the compiler is not installed)."""
+    from tdsl.runtime import cuda_driver
+
+    found = ["cpu", "emulator"] if _compiler_installed() else []
+    return found + (["cuda"] if cuda_driver.available() else [])
+
+
+def _compiler_installed() -> bool:
+    """True when the MLIR bindings are installed (tdsl.pipelines imports them lazily)."""
+    return importlib.util.find_spec("mlir") is not None
 
 
 def run_case(case: Case, target_names: list[str] | None = None) -> list[str]:
@@ -1027,9 +1031,11 @@ def run_case(case: Case, target_names: list[str] | None = None) -> list[str]:
     for target in target_names if target_names is not None else targets():
         _note_last(case)
         run = (case, target, program, checked, inputs, want, spreads)
-        if FORK:
+        # CUDA cannot run in a process forked after its driver started: cuda runs in-process
+        forked = FORK and target != "cuda"
+        if forked:
             _warm(target)
-        problems += _in_child(target, _on_target, run) if FORK else _on_target(*run)
+        problems += _in_child(target, _on_target, run) if forked else _on_target(*run)
     return problems
 
 

@@ -103,6 +103,14 @@ def test_ptx_for_sm90_is_accepted_by_ptxas(name):
         check_ptx(kernel, "sm_90", ("sm_90",))
 
 
+@needs_ptxas
+def test_integer_abs_reaches_ptx():
+    """math.absi has no NVVM pattern; it must not stop the PTX (found by tests/fuzz/batch.py)."""
+    source = ("kernel k(x: i64[N], y: i32[N], z: i8[N]) -> (a: i64[N], b: i32[N], c: i8[N]) "
+              "{ a = abs(x); b = abs(y); c = abs(z) }")
+    check_ptx(check_source(source, "abs.tdsl").kernels[0])
+
+
 def test_ptx_without_ptxas():
     """PTX generation itself needs no CUDA installation."""
     check_ptx(hk.softmax(), assemble=())
