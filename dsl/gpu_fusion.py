@@ -164,17 +164,15 @@ def _emit_fused(mapper, group: Group, rows, end) -> None:
                 phase_end = b.if_then(arith.cmpi(arith.CmpIPredicate.eq, tx, b.const(0)))
             for op in ops(nest.body):
                 op.move_before(phase_end)
+        elif not nest.r_ivs:
+            mapper.emit_unrolled_elementwise(body_end, nest, tx, threads, rest_ubs, rest_ivs)
         else:
             with ir.InsertionPoint(body_end):
                 iv, phase_end = b.strided(tx, b.product(rest_ubs), threads)
             with ir.InsertionPoint(phase_end):
                 for old, new in zip(rest_ivs, b.delinearize(iv, rest_ubs)):
                     old.replace_all_uses_with(new)
-            if nest.r_ivs:
-                mapper.emit_accumulation(phase_end, nest)
-            else:
-                for op in ops(nest.body):
-                    op.move_before(phase_end)
+            mapper.emit_accumulation(phase_end, nest)
         if n + 1 < len(group.members):
             with ir.InsertionPoint(body_end):
                 gpu.BarrierOp()

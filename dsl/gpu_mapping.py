@@ -12,10 +12,13 @@ pairs of nested `scf.parallel` loops mapped to `block_x` / `thread_x`, ready for
   collapsed into one linear index, `BLOCK_THREADS` threads per block, one element per thread;
   the last dimension varies fastest across threads (coalesced), and `lin < total` guards the
   tail, so any size works. The grid has `max(1, ceil(total / BLOCK_THREADS))` blocks.
-- **block reduction** (a reduction along contiguous memory, or into a rank-0 tensor): one
-  block per output element; its threads stride over the linearized reduction domain with a
-  private accumulator, then `gpu.all_reduce` (warp shuffles, shared memory and barriers after
-  `convert-gpu-to-nvvm`) combines them, and thread 0 stores. The block has 32 to 256 threads
+- **block reduction** (a reduction along contiguous memory): one block per output element;
+  its threads stride over the linearized reduction domain, `REDUCE_UNROLL` terms per step
+  into as many private accumulators (the step's loads in flight together), then
+  `gpu.all_reduce` (warp shuffles, shared memory and barriers after `convert-gpu-to-nvvm`)
+  combines them, and thread 0 stores.
+- **grid reduction** (into a rank-0 tensor): up to `GRID_REDUCE_BLOCKS` blocks reduce strided
+  shares into partials in device memory, then one block combines the partials. The block has 32 to 256 threads
   (the reduction size rounded up to a warp). Reductions shorter than `BLOCK_REDUCE_MIN` are
   a thread reduction instead, decided at run time.
 - **thread reduction** (column reductions, convolutions: consecutive outputs read
@@ -48,6 +51,9 @@ from tdsl.gpu_ir import (
 BLOCK_THREADS = 256
 REDUCE_THREADS_MAX = 256
 BLOCK_REDUCE_MIN = 32  # shorter reductions are a thread per output
+REDUCE_UNROLL = 4  # terms per step of a block reduction's threads
+GRID_REDUCE_BLOCKS = 1024  # the most blocks of a reduction into one value
+GRID_TERMS = 64  # terms per thread before a reduction into one value takes another block
 _VIEW_OPS = frozenset({"memref.cast", "memref.reinterpret_cast", "memref.subview",
                        "memref.expand_shape", "memref.collapse_shape"})
 _HOST_PREFIXES = ("arith.", "index.", "affine.apply", "affine.min", "affine.max")
@@ -153,7 +159,7 @@ class Mapper:
         elif not nest.r_ivs:
             self.elementwise_launch([nest])
         elif prefers_block_reduce(nest) and not nest.p_ivs:
-            self._block_reduce_launch(nest)
+            self._grid_reduce_launches(nest)
         elif prefers_block_reduce(nest):
             self._short_or_long_reduction(nest)
             return
@@ -227,6 +233,59 @@ class Mapper:
                 old.replace_all_uses_with(new)
         self.emit_block_reduction(end, nest, tx, threads)
 
+    def _grid_reduce_launches(self, nest: Nest) -> None:
+        """A reduction into one value, in two launches: up to `GRID_REDUCE_BLOCKS` blocks each
+        reduce a strided share of the domain into a partial (device memory), then one block
+        combines the partials with the accumulator and stores. The block count depends on the
+        size alone, so a result does not change from call to call."""
+        from mlir.dialects import arith, memref
+
+        acc_type = nest.combine.results[0].type
+        kind, _ = COMBINERS[nest.combine.name]
+        other = nest.combine.operands[1 - nest.acc_pos]
+        with self.ir.InsertionPoint(nest.root):
+            total = self.b.product(nest.r_ubs)
+            threads = self.b.const(REDUCE_THREADS_MAX)
+            blocks = self.b.clamp(self.b.ceil_div(total, REDUCE_THREADS_MAX * GRID_TERMS),
+                                  1, GRID_REDUCE_BLOCKS)
+            partials_type = self.ir.MemRefType.get([GRID_REDUCE_BLOCKS], acc_type)
+            partials = memref.AllocOp(partials_type, [], [])
+            self.allocs.append(partials.operation)
+            bx, tx, body_end = self.b.launch(blocks, threads)
+        with self.ir.InsertionPoint(body_end):
+            start = arith.addi(arith.muli(bx, threads), tx)
+            stride = arith.muli(blocks, threads)
+        partial = self._thread_terms(body_end, nest, start, stride)
+        with self.ir.InsertionPoint(body_end):
+            reduced = self._all_reduce(partial, kind, nest.combine.name)
+            first = self.b.if_then(arith.cmpi(arith.CmpIPredicate.eq, tx, self.b.const(0)))
+        with self.ir.InsertionPoint(first):
+            memref.store(reduced, partials.result, [bx])
+        self._combine_partials(nest, partials.result, blocks, other)
+
+    def _combine_partials(self, nest: Nest, partials, count, other) -> None:
+        """One block reduces `count` partials; thread 0 combines them with the accumulator."""
+        from mlir.dialects import arith, memref, scf
+
+        acc_type = nest.combine.results[0].type
+        kind, identity_kind = COMBINERS[nest.combine.name]
+        with self.ir.InsertionPoint(nest.root):
+            threads = self.b.const(REDUCE_THREADS_MAX)
+            _, tx, body_end = self.b.launch(self.b.const(1), threads)
+        with self.ir.InsertionPoint(body_end):
+            loop = scf.ForOp(tx, count, threads, [self.b.typed_const(acc_type, identity_kind)])
+            with self.ir.InsertionPoint(loop.body):
+                value = memref.load(partials, [loop.induction_variable])
+                step = nest.combine.clone()
+                scf.YieldOp([step.results[0]])
+            step.operation.replace_uses_of_with(nest.load.results[0], loop.inner_iter_args[0])
+            step.operation.replace_uses_of_with(other, value)
+            reduced = self._all_reduce(loop.results[0], kind, nest.combine.name)
+            first = self.b.if_then(arith.cmpi(arith.CmpIPredicate.eq, tx, self.b.const(0)))
+        for op in (nest.load, nest.combine, nest.store):
+            op.move_before(first)
+        nest.combine.replace_uses_of_with(other, reduced)
+
     # ---- phases (also used by fused launches) ---------------------------------------------
     def emit_accumulation(self, end, nest: Nest) -> None:
         """Before `end`, with the nest's P indices already replaced: load the accumulator,
@@ -263,13 +322,34 @@ class Mapper:
         """Before `end`, with the nest's P indices already replaced: the block's threads
         stride over the reduction domain with private accumulators, `gpu.all_reduce`
         combines them, and thread 0 combines with the accumulator and stores."""
-        from mlir.dialects import arith, scf
+        from mlir.dialects import arith
+
+        other = nest.combine.operands[1 - nest.acc_pos]
+        partial = self._thread_terms(end, nest, tx, threads)
+        kind, _ = COMBINERS[nest.combine.name]
+        with self.ir.InsertionPoint(end):
+            reduced = self._all_reduce(partial, kind, nest.combine.name)
+            first = self.b.if_then(arith.cmpi(arith.CmpIPredicate.eq, tx, self.b.const(0)))
+        for op in (nest.load, nest.combine, nest.store):
+            op.move_before(first)
+        nest.combine.replace_uses_of_with(other, reduced)
+
+    def _thread_terms(self, end, nest: Nest, start, stride):
+        """Before `end`: a thread's partial of the terms `start`, `start + stride`, ... of the
+        linearized reduction domain."""
+        if any(len(op.regions) for op in nest.body_ops):
+            return self._strided_terms(end, nest, start, stride)
+        return self._unrolled_terms(end, nest, start, stride)
+
+    def _strided_terms(self, end, nest: Nest, start, stride):
+        """A thread's share of the terms, one per step: the nest's body moves into the loop."""
+        from mlir.dialects import scf
 
         acc_type = nest.combine.results[0].type
-        kind, identity = COMBINERS[nest.combine.name]
+        _, identity = COMBINERS[nest.combine.name]
         with self.ir.InsertionPoint(end):
             total = self.b.product(nest.r_ubs)
-            loop = scf.ForOp(tx, total, threads, [self.b.typed_const(acc_type, identity)])
+            loop = scf.ForOp(start, total, stride, [self.b.typed_const(acc_type, identity)])
             with self.ir.InsertionPoint(loop.body):
                 new_r = self.b.delinearize(loop.induction_variable, nest.r_ubs)
                 yield_op = scf.YieldOp([loop.inner_iter_args[0]])
@@ -280,15 +360,106 @@ class Mapper:
             step = nest.combine.clone()
         step.operation.replace_uses_of_with(nest.load.results[0], loop.inner_iter_args[0])
         yield_op.operation.replace_uses_of_with(loop.inner_iter_args[0], step.results[0])
-        with self.ir.InsertionPoint(end):
-            reduced = self._all_reduce(loop.results[0], kind, nest.combine.name)
-            first = self.b.if_then(arith.cmpi(arith.CmpIPredicate.eq, tx, self.b.const(0)))
-        other = nest.combine.operands[1 - nest.acc_pos]
-        for op in (nest.load, nest.combine, nest.store):
-            op.move_before(first)
-        nest.combine.replace_uses_of_with(other, reduced)
         for old, new in zip(nest.r_ivs, new_r):
             old.replace_all_uses_with(new)
+        return loop.results[0]
+
+    def _unrolled_terms(self, end, nest: Nest, start, stride):
+        """A thread's share of the terms, `REDUCE_UNROLL` per step into as many accumulators.
+        Every term of a step is computed before any is combined, at its index or, past the
+        end, at the step's first (valid) index, its accumulator then keeping its value: the
+        step's loads are in flight together. The nest's body is cloned per term (it has no
+        regions); the accumulators are combined after the loop."""
+        from mlir.dialects import arith, scf
+
+        from tdsl.gpu_tiling import clone_slice
+
+        acc_type = nest.combine.results[0].type
+        _, identity = COMBINERS[nest.combine.name]
+        other = nest.combine.operands[1 - nest.acc_pos]
+        with self.ir.InsertionPoint(end):
+            total = self.b.product(nest.r_ubs)
+            step = arith.muli(stride, self.b.const(REDUCE_UNROLL))
+            inits = [self.b.typed_const(acc_type, identity)] * REDUCE_UNROLL
+            loop = scf.ForOp(start, total, step, inits)
+            with self.ir.InsertionPoint(loop.body):
+                yield_op = scf.YieldOp(list(loop.inner_iter_args))
+        terms = []
+        for u in range(REDUCE_UNROLL):
+            ok, mapping = self._unrolled_point(yield_op, loop.induction_variable, stride, u,
+                                               total, nest.r_ubs, nest.r_ivs)
+            terms.append((ok, mapping, clone_slice(other, mapping, nest, yield_op)))
+        accs = []
+        for acc, (ok, mapping, term) in zip(loop.inner_iter_args, terms):
+            mapping.update({nest.load.results[0]: acc, other: term})
+            combined = clone_slice(nest.combine.results[0], mapping, nest, yield_op)
+            with self.ir.InsertionPoint(yield_op):
+                accs.append(arith.select(ok, combined, acc))
+        for old, new in zip(loop.inner_iter_args, accs):
+            yield_op.operation.replace_uses_of_with(old, new)
+        with self.ir.InsertionPoint(end):
+            partial = loop.results[0]
+            for acc in list(loop.results)[1:]:
+                mapping = {nest.load.results[0]: partial, other: acc}
+                partial = clone_slice(nest.combine.results[0], mapping, nest, end)
+        return partial
+
+    def _unrolled_point(self, before, iv, stride, u: int, total, ubs, ivs) -> tuple:
+        """Before `before`: (in range, {iv: index}) for the point `iv + u * stride` of a
+        linearized domain, clamped to `iv` (valid in the loop) when past `total`."""
+        from mlir.dialects import arith
+
+        with self.ir.InsertionPoint(before):
+            if u == 0:
+                return arith.cmpi(arith.CmpIPredicate.ult, iv, total), dict(
+                    zip(ivs, self.b.delinearize(iv, ubs)))
+            index = arith.addi(iv, arith.muli(stride, self.b.const(u)))
+            ok = arith.cmpi(arith.CmpIPredicate.ult, index, total)
+            safe = arith.select(ok, index, iv)
+            return ok, dict(zip(ivs, self.b.delinearize(safe, ubs)))
+
+    def emit_unrolled_elementwise(self, end, nest: Nest, start, stride, ubs, ivs) -> None:
+        """Before `end`: the element-wise nest (indices `ivs` over `ubs`, linearized) for the
+        points `start`, `start + stride`, ..., `REDUCE_UNROLL` per step: every point's values
+        are computed (clamped like `_unrolled_point`) before the step's guarded stores. Falls
+        back to one point per step when the body has regions or writes other than stores at
+        its end."""
+        from mlir.dialects import memref, scf
+
+        from tdsl.gpu_tiling import clone_slice
+
+        body = ops(nest.body)
+        stores = [op for op in body if op.name == "memref.store"]
+        if any(len(op.regions) for op in body) or body[len(body) - len(stores):] != stores:
+            with self.ir.InsertionPoint(end):
+                iv, phase_end = self.b.strided(start, self.b.product(ubs), stride)
+            with self.ir.InsertionPoint(phase_end):
+                for old, new in zip(ivs, self.b.delinearize(iv, ubs)):
+                    old.replace_all_uses_with(new)
+            for op in body:
+                op.move_before(phase_end)
+            return
+        from mlir.dialects import arith
+
+        with self.ir.InsertionPoint(end):
+            total = self.b.product(ubs)
+            step = arith.muli(stride, self.b.const(REDUCE_UNROLL))
+            loop = scf.ForOp(start, total, step)
+            with self.ir.InsertionPoint(loop.body):
+                yield_op = scf.YieldOp([])
+        points = []
+        for u in range(REDUCE_UNROLL):
+            ok, mapping = self._unrolled_point(yield_op, loop.induction_variable, stride, u,
+                                               total, ubs, ivs)
+            values = [[clone_slice(v, mapping, nest, yield_op) for v in store.operands]
+                      for store in stores]
+            points.append((ok, values))
+        for ok, values in points:
+            with self.ir.InsertionPoint(yield_op):
+                guard_end = self.b.if_then(ok)
+            with self.ir.InsertionPoint(guard_end):
+                for operands in values:
+                    memref.store(operands[0], operands[1], operands[2:])
 
     def _all_reduce(self, value, kind: str, combine: str):
         """`gpu.all_reduce` of a value (8/16-bit integers widened to i32 and back)."""

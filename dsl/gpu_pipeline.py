@@ -59,6 +59,31 @@ def _merge(module, name: str) -> None:
     merge_gpu_modules(module, name)
 
 
+def _correctly_rounded_sqrt(module, name: str) -> None:
+    """f32 `math.sqrt` -> PTX `sqrt.rn.f32` (inline assembly). convert-gpu-to-nvvm would make
+    it libdevice's `__nv_sqrtf`, which is `sqrt.approx.f32` unless the reflect flag
+    `__CUDA_PREC_SQRT` is set (and the pass refuses `llvm.intr.sqrt`); sqrt must be
+    correctly rounded (language.md). f64 sqrt is `sqrt.rn.f64` already."""
+    from mlir import ir
+
+    found = []
+
+    def visit(op):
+        if op.name == "math.sqrt" and str(op.results[0].type) == "f32":
+            found.append(op)
+        return ir.WalkResult.ADVANCE
+
+    module.operation.walk(visit)
+    for op in found:
+        with ir.InsertionPoint(op), op.location:
+            new = ir.Operation.create(
+                "llvm.inline_asm", results=[op.results[0].type], operands=[op.operands[0]],
+                attributes={"asm_string": ir.StringAttr.get("sqrt.rn.f32 $0, $1;"),
+                            "constraints": ir.StringAttr.get("=f,f")})
+        op.results[0].replace_all_uses_with(new.results[0])
+        op.erase()
+
+
 GPU_STAGES: tuple[GpuStage, ...] = (
     GpuStage("mlir", "linalg.generic on tensors, as emitted from the checked kernel"),
     GpuStage("fused", "canonicalized; single-use elementwise producers fused into consumers",
@@ -73,7 +98,7 @@ GPU_STAGES: tuple[GpuStage, ...] = (
              ("func.func(convert-parallel-loops-to-gpu)", "gpu-kernel-outlining", _merge,
               "lower-affine", "canonicalize", "cse")),
     GpuStage("nvvm", "kernels lowered to the NVVM and LLVM dialects, target attached",
-             ("nvvm-attach-target{{chip={chip} features={features} O=3}}",
+             (_correctly_rounded_sqrt, "nvvm-attach-target{{chip={chip} features={features} O=3}}",
               # what convert-gpu-to-nvvm leaves of math (math.absi) becomes LLVM intrinsics
               "gpu.module(convert-scf-to-cf, convert-gpu-to-nvvm{{index-bitwidth=64}}, "
               "convert-math-to-llvm, canonicalize, cse)")),

@@ -352,7 +352,9 @@ class Machine:
         then = self._region(op.regions[0], env, mask & cond, lanes, count)
         other = self._region(op.regions[1], env, mask & ~cond, lanes, count)
         for k, rid in enumerate(op.results):
-            env[rid] = np.where(cond, then[k], other[k]).astype(numpy_type(op.types[k]))
+            type_ = numpy_type(op.types[k])  # before np.where: a placeholder is float64
+            env[rid] = np.where(cond, np.asarray(then[k]).astype(type_, copy=False),
+                                np.asarray(other[k]).astype(type_, copy=False))
 
     def _region(self, region: tuple[Block, ...], env: dict, mask: np.ndarray, lanes: _Lanes,
                 count: int) -> list:

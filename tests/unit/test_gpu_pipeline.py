@@ -182,15 +182,37 @@ def test_short_reductions_are_a_thread_per_output(monkeypatch):
     assert [b for _, _, b in ex.launches].count((64, 1, 1)) == 2  # two block reductions
 
 
-def test_rank0_reduction_is_a_block_reduction():
-    assert "gpu.all_reduce  add" in gpu_ir(hk.total_sum())
+def test_rank0_reduction_spreads_over_blocks_then_combines_partials():
+    text = gpu_ir(hk.total_sum())
+    assert text.count("gpu.all_reduce  add") == 2  # the blocks' partials, then the partials
+    launches = re.findall(r"gpu\.launch_func .* blocks in \((%\w+)", text)
+    assert len(launches) == 3  # the accumulator's fill, the blocks, the partials
+    assert launches[1] != "%c1" and "gpu.alloc" in text and "gpu.dealloc" in text
+
+
+def test_row_reduction_threads_keep_several_terms_in_flight():
+    text = gpu_ir(hk.softmax())
+    assert re.search(r"scf\.for .* -> \((f32, ){3}f32\)", text)  # 4 accumulators per thread
+
+
+def test_fused_elementwise_phases_load_several_points_before_storing():
+    text = gpu_ir(hk.softmax())
+    phase = re.search(r"scf\.for %\w+ = %\w+ to %\w+ step %\w+ \{(.*?)\n      \}", text,
+                      re.S)
+    assert phase and phase.group(1).count("memref.load") >= 4 and "scf.if" in phase.group(1)
+
+
+def test_sqrt_f32_is_correctly_rounded_in_ptx():
+    source = "kernel k(x: f32[N]) -> (y: f32[N], z: f64[N]) { y = sqrt(x); z = sqrt(f64(x)) }"
+    ptx = run_gpu_pipeline(check_source(source, "s.tdsl").kernels[0], until="ptx").ptx
+    assert "sqrt.rn.f32" in ptx and "sqrt.rn.f64" in ptx and "sqrt.approx" not in ptx
 
 
 def test_matmul_is_tiled_through_shared_memory():
     text = gpu_ir(hk.matmul())
     assert "gpu.all_reduce" not in text
     assert text.count("memref.get_global") == 2 and "#gpu.address_space<workgroup>" in text
-    assert re.search(r"scf\.for .* -> \((f32, ){7}f32\)", text)  # 8 accumulators per thread
+    assert re.search(r"scf\.for .* -> \((f32, ){63}f32\)", text)  # 8 x 8 accumulators
     assert text.count("gpu.barrier") == 2
 
 
