@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tdsl.codegen.pycall import native_wrapper
+from tdsl.schedule_ir import any_through_unit
 from tdsl.schedules import apply_schedule, lower_vectors, strip_schedules
 
 if TYPE_CHECKING:
@@ -226,6 +227,7 @@ def _run_mlir(text: str, name: str, stages: Sequence[str], wanted: set[str],
                 from tdsl.to_mlir import func_symbol
 
                 module = apply_schedule(module, func_symbol(name))
+                any_through_unit(module, func_symbol(name))  # after: it reads the versions
             if stage_name == "bufferized":
                 copies_to_linalg(module)
             if stage_name == "loops":

@@ -141,3 +141,108 @@ def _positive_multipliers(expr) -> bool:
     if isinstance(expr, ir.AffineBinaryExpr):
         return _positive_multipliers(expr.lhs) and _positive_multipliers(expr.rhs)
     return True
+
+
+def any_through_unit(module, symbol: str) -> bool:
+    """Make the `@symbol_any` version of a versioned kernel (`tdsl.schedules.versioned_text`)
+    copy its arguments into fresh row-major buffers and call `@symbol_unit`, in place.
+
+    Calls with a non-unit innermost stride then run the scheduled code too, at the cost of
+    one copy of each array (the kernel reads every input and writes every output anyway), and
+    the kernel is compiled once instead of twice: no second copy of its loops goes through
+    the MLIR stages, LLVM O3 and code generation. Outputs are copied back, not in (every
+    element of an output is written). Only done when the copies are fewer loop nests than the
+    kernel's own (attention, cosine similarity; not a plain matmul, whose `_any` stays the
+    plain loops). Returns whether `@symbol_any` was rewritten; it is also left alone when an
+    argument is used other than by the ops that bring it in and out.
+    """
+    from mlir import ir
+
+    any_func = kernel_function(module, symbol + "_any")
+    unit_func = kernel_function(module, symbol + "_unit")
+    if any_func is None or unit_func is None:
+        return False
+    outputs = _written_arguments(any_func)
+    if outputs is None:
+        return False
+    any_types = ir.FunctionType(ir.TypeAttr(any_func.attributes["function_type"]).value).inputs
+    unit_types = ir.FunctionType(ir.TypeAttr(unit_func.attributes["function_type"]).value).inputs
+    if len(any_types) != len(unit_types):
+        return False
+    copies = sum(1 for t, ut in zip(any_types, unit_types) if t != ut)
+    if copies >= _loop_nests(any_func):
+        return False  # a plain contraction: its own loops are no more code than the copies
+    lines, after, call_args = [], [], []
+    for i, (t, ut) in enumerate(zip(any_types, unit_types)):
+        mt = ir.MemRefType(t)
+        if mt.rank == 0 or t == ut:
+            call_args.append(f"%arg{i}")
+            continue
+        sizes = []
+        for d, extent in enumerate(mt.shape):
+            if ir.ShapedType.is_dynamic_size(extent):
+                lines.append(f"%c{i}_{d} = arith.constant {d} : index")
+                lines.append(f"%d{i}_{d} = memref.dim %arg{i}, %c{i}_{d} : {t}")
+                sizes.append(f"%d{i}_{d}")
+        dense = ir.MemRefType.get(mt.shape, mt.element_type)
+        lines.append(f"%a{i} = memref.alloc({', '.join(sizes)}) {{alignment = 64 : i64}} "
+                     f": {dense}")
+        if i in outputs:
+            after.append(f"memref.copy %a{i}, %arg{i} : {dense} to {t}")
+        else:
+            lines.append(f"memref.copy %arg{i}, %a{i} : {t} to {dense}")
+        lines.append(f"%u{i} = memref.cast %a{i} : {dense} to {ut}")
+        call_args.append(f"%u{i}")
+    unit_list = ", ".join(str(t) for t in unit_types)
+    lines.append(f"func.call @{symbol}_unit({', '.join(call_args)}) : ({unit_list}) -> ()")
+    params = ", ".join(f"%arg{i}: {t}" for i, t in enumerate(any_types))
+    body = "\n    ".join(lines + after + ["return"])
+    text = (f"func.func private @{symbol}_unit({unit_list})\n"
+            f"func.func private @{symbol}_any({params}) {{\n    {body}\n}}\n")
+    try:
+        parsed = ir.Module.parse(text)
+    except Exception as exc:
+        from tdsl.pipelines import PipelineError
+
+        raise PipelineError(f"rewriting @{symbol}_any failed: {exc}\n{text}") from exc
+    new_func = kernel_function(parsed, symbol + "_any")
+    new_func.operation.detach_from_parent()  # before `parsed` goes, which would free it
+    ir.InsertionPoint(any_func).insert(new_func)
+    any_func.operation.erase()
+    return True
+
+
+def _loop_nests(func) -> int:
+    """The number of linalg ops (each a loop nest once lowered) in a function, nested too."""
+    count = 0
+    for region in func.operation.regions:
+        for block in region.blocks:
+            for op in block.operations:
+                name = op.operation.name
+                if name.startswith("linalg.") and name not in ("linalg.yield", "linalg.index"):
+                    count += 1
+                count += _loop_nests(op)
+    return count
+
+
+_READS = frozenset({"memref.dim", "memref.extract_strided_metadata", "memref.load"})
+
+
+def _written_arguments(func) -> set[int] | None:
+    """The indices of the arguments of a `fused`-stage kernel function that it writes
+    (outputs), or None when an argument is used other than by `bufferization.to_tensor`, as
+    the destination of `bufferization.materialize_in_destination` or by an op in `_READS`."""
+    args = list(func.regions[0].blocks[0].arguments)
+    written: set[int] = set()
+    for i, arg in enumerate(args):
+        for use in arg.uses:
+            op = use.owner
+            name = op.name
+            if name == "bufferization.to_tensor":
+                if "writable" in op.attributes:
+                    written.add(i)
+            elif name == "bufferization.materialize_in_destination" and use.operand_number == 1:
+                written.add(i)
+            elif name not in _READS:
+                return None
+    return written

@@ -33,7 +33,9 @@ vectorized (`vector.contract`) and its accumulators hoisted out of the `k` loop
 (interchanged back to `m, k, n` so LLVM vectorizes their rows). Vector
 loads need a unit innermost stride, so such kernels are versioned: `@tdsl_k_<name>` checks the
 innermost strides at run time and calls `_unit` (scheduled, memrefs `strided<[?, 1]>`) or
-`_any` (the plain loops). Epilogues (bias, activation) run as their own loop over the result.
+`_any`: the plain loops, or, where copies are fewer loop nests than the kernel's own
+(attention), row-major copies of the arguments handed to `_unit`
+(`schedule_ir.any_through_unit`). Epilogues (bias, activation) run as their own loop over the result.
 
 Tile sizes come from the host's vector width (`MR x NR` = 6 x 2 vectors with 16 vector
 registers, 8 x 2 with 32) and cache sizes (`KC` = 256, `MC` = 12 `MR`, `NC` = 256). They are

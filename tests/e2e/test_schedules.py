@@ -239,7 +239,8 @@ def test_matmul_across_cache_tiles(shape):
 
 @pytest.mark.parametrize("kernel", ["matmul", "matmul_tn", "matmul_nt", "linear_relu"])
 def test_contractions_on_strided_views(kernel):
-    """Non-unit innermost strides take the unscheduled version; transposed views too."""
+    """Non-unit innermost strides take the `_any` version (a plain product's unscheduled
+    loops); transposed views too."""
     cpu, ref = modules(MATMUL, "f32")
     args = _mm_args(kernel, 33, 257, 40, "f32")
     check(getattr(cpu, kernel)(*[strided(a) for a in args]), getattr(ref, kernel)(*args), "f32")
