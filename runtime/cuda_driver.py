@@ -22,6 +22,7 @@ _c = ctypes
 _CU_JIT_ERROR_LOG_BUFFER = 5
 _CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6
 _CU_STREAM_NON_BLOCKING = 1
+_CU_MEMPOOL_ATTR_RELEASE_THRESHOLD = 4
 _ATTRS = {"sm_count": 16, "memory_clock_khz": 36, "bus_width_bits": 37, "cc_major": 75,
           "cc_minor": 76}
 
@@ -81,6 +82,27 @@ class Driver:
         self.context = context.value
         self.has_async_alloc = hasattr(lib, "cuMemAllocAsync")
         self.info = self._info()
+        self.pool_keep_bytes = self._keep_pool_memory() if self.has_async_alloc else 0
+
+    def _keep_pool_memory(self) -> int:
+        """Let the device's default memory pool (behind `cuMemAllocAsync`) keep up to
+        `$TDSL_CUDA_POOL_KEEP_BYTES` (default: half the device's memory) between calls.
+        Its default threshold, 0, hands every freed byte back at each synchronization, so a
+        kernel with a large temporary mapped it afresh on every call. Best effort: returns the
+        threshold set, 0 where the driver refused."""
+        total = _c.c_size_t(0)
+        if self.lib.cuDeviceTotalMem_v2(_c.byref(total), self.device) != 0:
+            return 0
+        configured = os.environ.get("TDSL_CUDA_POOL_KEEP_BYTES", "").strip()
+        keep = int(configured) if configured.isdigit() else total.value // 2
+        pool = _c.c_void_p()
+        if self.lib.cuDeviceGetDefaultMemPool(_c.byref(pool), self.device) != 0:
+            return 0
+        threshold = _c.c_uint64(keep)
+        if self.lib.cuMemPoolSetAttribute(pool, _CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                                          _c.byref(threshold)) != 0:
+            return 0
+        return keep
 
     # ---- errors and setup -----------------------------------------------------------------
     def _error_text(self, code: int) -> str:

@@ -162,6 +162,11 @@ def run() -> int:
               out, env, 120),
         _step("bench", [python, "bench/gpu.py", "--json", str(out / "bench.json")], out, env,
               130),
+        _step("profile", ["ncu", "--clock-control", "none", "--target-processes", "all",
+                          "--kernel-name", "regex:tdsl_", "--launch-count", "8",
+                          "--section", "SpeedOfLight", "--section", "LaunchStats",
+                          "--section", "Occupancy", python, "bench/gpu.py", "--only",
+                          "softmax,row_sum", "--repeat", "1"], out, env, 120),
     ]
     print((out / "bench.log").read_text(errors="replace")[-3000:])
     print("\n".join(summary))
