@@ -84,6 +84,26 @@ def _correctly_rounded_sqrt(module, name: str) -> None:
         op.erase()
 
 
+MAX_REGISTERS = 64  # per thread of a kernel without shared-memory tiles: 4 blocks of 256
+
+
+def _cap_registers(module, name: str) -> None:
+    """`nvvm.maxnreg` on every kernel but the tiled contractions (`tdsl_smem_*` tiles, 8x8
+    accumulators per thread): a fused row kernel (softmax) took 72 registers, so 3 blocks of
+    256 threads fit an SM; at 64, 4 do, without spills."""
+    from mlir import ir
+
+    def visit(op):
+        if op.name != "gpu.func" or "gpu.kernel" not in op.attributes:
+            return ir.WalkResult.ADVANCE
+        if "tdsl_smem_" not in str(op):
+            op.attributes["nvvm.maxnreg"] = ir.IntegerAttr.get(
+                ir.IntegerType.get_signless(32), MAX_REGISTERS)
+        return ir.WalkResult.SKIP
+
+    module.operation.walk(visit)
+
+
 GPU_STAGES: tuple[GpuStage, ...] = (
     GpuStage("mlir", "linalg.generic on tensors, as emitted from the checked kernel"),
     GpuStage("fused", "canonicalized; single-use elementwise producers fused into consumers",
@@ -98,7 +118,7 @@ GPU_STAGES: tuple[GpuStage, ...] = (
              ("func.func(convert-parallel-loops-to-gpu)", "gpu-kernel-outlining", _merge,
               "lower-affine", "canonicalize", "cse")),
     GpuStage("nvvm", "kernels lowered to the NVVM and LLVM dialects, target attached",
-             (_correctly_rounded_sqrt, "nvvm-attach-target{{chip={chip} features={features} O=3}}",
+             (_correctly_rounded_sqrt, _cap_registers, "nvvm-attach-target{{chip={chip} features={features} O=3}}",
               # what convert-gpu-to-nvvm leaves of math (math.absi) becomes LLVM intrinsics
               "gpu.module(convert-scf-to-cf, convert-gpu-to-nvvm{{index-bitwidth=64}}, "
               "convert-math-to-llvm, canonicalize, cse)")),

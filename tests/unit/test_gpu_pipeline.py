@@ -208,6 +208,16 @@ def test_sqrt_f32_is_correctly_rounded_in_ptx():
     assert "sqrt.rn.f32" in ptx and "sqrt.rn.f64" in ptx and "sqrt.approx" not in ptx
 
 
+def test_registers_are_capped_except_for_tiled_contractions():
+    def capped(kernel) -> dict[str, bool]:
+        ptx = run_gpu_pipeline(kernel, until="ptx", arch="sm_90").ptx
+        return {name: ".maxnreg 64" in ptx.split(f".entry {name}(", 1)[1].split("{", 1)[0]
+                for name in ptx_entries(ptx)}
+
+    assert all(capped(hk.softmax()).values())
+    assert capped(hk.matmul()) == {"tdsl_matmul_0": True, "tdsl_matmul_1": False}  # fill, tiles
+
+
 def test_matmul_is_tiled_through_shared_memory():
     text = gpu_ir(hk.matmul())
     assert "gpu.all_reduce" not in text
