@@ -118,7 +118,11 @@ def _stream_destroy(stream):
 
 @_guard()
 def _stream_synchronize(stream):
-    RUNTIME.driver.synchronize(stream or 0)
+    """Nothing: every stream of the host code is the calling thread's one stream, which orders
+    its launches, allocations and frees; the runtime synchronizes it once after the host code
+    returns (`CudaExecutable.launch`'s copies back, `bind_device_call`, `_fast_call`). The
+    host code's synchronization after each launch had kept the GPU idle between launches."""
+    return None
 
 
 @_guard(0)
@@ -140,12 +144,12 @@ def _event_record(event, stream):
 
 @_guard()
 def _event_synchronize(event):
-    RUNTIME.driver.synchronize(RUNTIME.events.get(event or 0, 0))
+    return None  # one stream: see _stream_synchronize
 
 
 @_guard()
 def _stream_wait_event(stream, event):
-    RUNTIME.driver.synchronize(RUNTIME.events.get(event or 0, 0))
+    return None  # one stream: see _stream_synchronize
 
 
 @_guard(0)
