@@ -114,6 +114,7 @@ def _pack_wheels() -> None:
         old.unlink()
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
                     str(WHEELS), str(ROOT)], check=True)
+    shutil.rmtree(ROOT / "build", ignore_errors=True)  # setuptools' leftovers
     download = [sys.executable, "-m", "pip", "download", "-q", "--no-deps",
                 "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
                 "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64"]
