@@ -354,8 +354,9 @@ class CudaExecutable:
         if plan is None or _layout(args, kwargs) != plan[0]:
             return _NO_PLAN
         drv = driver()
-        if any(a._driver is not drv for a in kwargs.values()):
-            return _NO_PLAN
+        if any(a._driver is not drv for a in (*args, *kwargs.values())
+               if isinstance(a, DeviceArray)):
+            return _NO_PLAN  # arrays of another driver: the checked path says what is wrong
         spans = [(a.ptr, a.ptr + a.nbytes) for a in args if isinstance(a, DeviceArray)]
         for out in kwargs.values():
             if any(start < out.ptr + out.nbytes and out.ptr < end for start, end in spans):
