@@ -19,7 +19,7 @@ f16 / bf16 are computed in f32 by the caller.
 | exp      | k = round(x / ln2); r = x - k ln2 (Cody-Waite, two parts); Taylor polynomial; 2^k applied in two steps (no spurious overflow, one rounding into denormals) |
 | log      | x = 2^k m, m in [sqrt(1/2), sqrt(2)); log(m) = 2 atanh(s), s = (m-1)/(m+1) (fdlibm's arrangement); denormals scaled first |
 | tanh     | odd minimax polynomial for abs(x) < 0.625, else 1 - 2 / (exp(2 abs(x)) + 1); sign copied |
-| sigmoid  | emitted by `tdsl.to_mlir_ops` as (x >= 0 ? 1 : e) / (1 + e), e = exp(-abs(x)), in f64 for f32 (the errors of e, the sum and the quotient reach 2.4 ulp in f32); that exp carries `afn`: f32 accuracy suffices |
+| sigmoid  | emitted by `tdsl.to_mlir_ops` as (x >= 0 ? 1 : e) / (1 + e), e = exp(-abs(x)); in f32 the sum and the quotient are compensated (Fast2Sum, an fma remainder), leaving exp's error |
 | erf      | minimax polynomial in x^2 for abs(x) < 1, else 1 - exp(-x^2) R(x) with R minimax (per interval for f64) |
 | sin, cos | see `tdsl.vector_math_trig` |
 | pow      | f32: exp(b log a) in f64; f64: log in double-double, exp of a double-double; C99 special cases |

@@ -3,8 +3,7 @@ the branch-free `arith` expansion of `tdsl.vector_math`, so that loops of them v
 
 It is a rewrite of the printed module (MLIR text), so it runs on any stage's IR: each
 matching op line is replaced by the expansion's lines, whose last op defines the original
-result name. An f64 `math.exp` with `fastmath<afn>` (emitted for an f32 sigmoid) gets the
-shorter polynomial of f32 accuracy. Constants are emitted next to their use; the canonicalizer that follows hoists
+result name. Constants are emitted next to their use; the canonicalizer that follows hoists
 and deduplicates them. The GPU pipeline does not run it (libdevice has these functions).
 """
 
@@ -16,7 +15,6 @@ import re
 from tdsl.to_mlir_ops import float_literal
 from tdsl.types import DType
 from tdsl.vector_math import F32, F64, VectorMath
-from tdsl.vector_math_coeffs import EXP_TAYLOR_F32
 
 EXPANDED = ("exp", "log", "tanh", "erf", "sin", "cos", "powf")
 _VALUE = r"%[\w.$#-]+"
@@ -59,8 +57,6 @@ def expand_line(match: re.Match[str], counter: itertools.count) -> list[str]:
     op = match["op"]
     if op == "powf":
         result = vm.pow(match["a"], match["b"])
-    elif op == "exp" and fmt is F64 and "afn" in (match["flags"] or ""):
-        result = vm.exp(match["a"], series=EXP_TAYLOR_F32)  # an f32 result: f32 accuracy
     else:
         result = vm.apply(op, match["a"])
     lines = em.lines

@@ -34,6 +34,16 @@ def numpy_type(mlir_type: str) -> np.dtype:
     return _DTYPES[mlir_type]
 
 
+def _fma(a, b, c) -> np.ndarray:
+    """a * b + c rounded once, as a GPU's fma does, for f32 and narrower (the product is exact
+    in f64; the f64 sum rounds once more only in rare ties); f64 as a * b + c."""
+    a, b, c = np.asarray(a), np.asarray(b), np.asarray(c)
+    if a.dtype.itemsize >= 8:
+        return a * b + c
+    wide = a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)
+    return wide.astype(a.dtype)
+
+
 def _unsigned(x: Any) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind == "i":
@@ -237,7 +247,7 @@ _TABLE: dict[str, Callable] = {
     "math.roundeven": _unary(np.rint), "math.absf": _unary(np.abs),
     "math.absi": _unary(np.abs), "math.powf": _binary(np.power),
     "math.copysign": _binary(np.copysign),
-    "math.fma": lambda op, a, b, c: np.asarray(a) * np.asarray(b) + np.asarray(c),
+    "math.fma": lambda op, a, b, c: _fma(a, b, c),
 }
 
 
