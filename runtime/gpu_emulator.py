@@ -155,6 +155,7 @@ class Machine:
     def __init__(self, program: Program):
         self.program = program
         self.memories: list[MemRef] = []
+        self.launch_args: list[MemRef] = []  # the current launch's memref arguments
         self.shared: dict[str, MemRef] = {}  # workgroup memory of the current launch
         self.launches: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
 
@@ -313,7 +314,7 @@ class Machine:
         per_block = mask.reshape(-1, lanes.per_block)
         if (per_block.any(axis=1) != per_block.all(axis=1)).any():
             raise EmulatorError(f"divergent {op.name}: some threads of a block skip it")
-        for ref in self.memories:
+        for ref in self.memories + self.launch_args:
             ref.writer.fill(-1)
         if op.name == "gpu.barrier":
             return
@@ -364,7 +365,9 @@ class Machine:
         kenv = dict(zip(kernel.args, args))
         self.memories = [m for m in self.memories if m.lane_base is None]
         self.shared = {}
-        for ref in self.memories + [a for a in args if isinstance(a, MemRef)]:
+        # memory from outside (a driver's allocations): a barrier orders its accesses too
+        self.launch_args = [a for a in args if isinstance(a, MemRef)]
+        for ref in self.memories + self.launch_args:
             ref.writer.fill(-1)
         with np.errstate(all="ignore"):
             self._block(kernel, kenv, np.ones(count, dtype=bool), lanes)

@@ -160,3 +160,16 @@ def test_driver_failures_become_cuda_errors(fake, monkeypatch):
     assert fake.allocated == 0
     monkeypatch.undo()
     np.testing.assert_allclose(module.saxpy(1.0, x, x), 2 * x)  # the next call works
+
+
+@pytest.mark.parametrize("rows,n", [(300, 8), (257, 130)])
+def test_fused_row_launch_through_the_driver(fake, rows, n):
+    """At least FUSE_MIN_ROWS rows take the fused launch, whose threads read what thread 0
+    stored in an earlier phase, after a barrier. Through the driver its memory comes from
+    outside the emulated program, and barriers must order it too (they once did not: a false
+    data race)."""
+    module = tdsl.load(str(SAMPLES / "softmax.tdsl"), target="cuda")
+    x = np.random.default_rng(rows).standard_normal((rows, n)).astype(np.float32)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(module.softmax(x), e / e.sum(axis=1, keepdims=True),
+                               rtol=1e-5, atol=1e-7)
