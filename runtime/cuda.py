@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -205,6 +206,25 @@ _REGISTERED: dict[str, Any] = {}
 _REGISTER_LOCK = threading.Lock()
 
 
+# mgpu* functions that do nothing here (one stream per thread: see _stream_synchronize) are
+# defined in the host code itself, so that LLVM removes their calls instead of each one being
+# a round trip into Python through ctypes.
+_NO_OPS = ("mgpuStreamSynchronize", "mgpuStreamDestroy", "mgpuEventSynchronize",
+           "mgpuEventDestroy", "mgpuStreamWaitEvent", "mgpuModuleUnload")
+_DECLARE = re.compile(r"^declare void @(" + "|".join(_NO_OPS) + r")\(([^)]*)\)[^\n]*$",
+                      re.MULTILINE)
+
+
+def define_no_ops(host_llvm: str) -> str:
+    """The host LLVM IR with the declarations of the `_NO_OPS` functions made empty bodies."""
+    def body(match: re.Match) -> str:
+        params = [p.strip() for p in match.group(2).split(",") if p.strip()]
+        named = ", ".join(f"{p} %{i}" for i, p in enumerate(params))
+        return f"define void @{match.group(1)}({named}) {{\n  ret void\n}}"
+
+    return _DECLARE.sub(body, host_llvm)
+
+
 def register_runtime_symbols() -> None:
     """Make the mgpu* functions resolvable by JIT-compiled code (once per process)."""
     import llvmlite.binding as llvm
@@ -265,7 +285,7 @@ class CudaExecutable:
                 RUNTIME.driver.add_program(self.gpu_ir)
             register_runtime_symbols()
             start = time.perf_counter()
-            mod = cg.optimize(cg.parse(self.host_llvm))
+            mod = cg.optimize(cg.parse(define_no_ops(self.host_llvm)))
             cg.check_externals(mod, provided=MGPU_SYMBOLS)
             RUNTIME.take_error()
             code = cg.jit(mod)  # runs the constructor: mgpuModuleLoadJIT

@@ -173,3 +173,31 @@ def test_fused_row_launch_through_the_driver(fake, rows, n):
     e = np.exp(x - x.max(axis=1, keepdims=True))
     np.testing.assert_allclose(module.softmax(x), e / e.sum(axis=1, keepdims=True),
                                rtol=1e-5, atol=1e-7)
+
+
+def test_host_code_defines_its_no_op_runtime_calls(fake):
+    """The mgpu* functions that do nothing (synchronizations, destroys: one stream per thread)
+    are defined in the host code, so a call makes no round trip into Python for them."""
+    from tdsl.runtime import cuda
+
+    executable = tdsl.load(str(SAMPLES / "softmax.tdsl"), target="cuda").softmax.executable()
+    host = cuda.define_no_ops(executable.host_llvm)
+    assert "declare void @mgpuStreamSynchronize" in executable.host_llvm
+    assert "define void @mgpuStreamSynchronize(ptr %0)" in host
+    assert not any(f"declare void @{name}(" in host for name in cuda._NO_OPS)
+    dx = to_device(np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32))
+    executable(dx)
+    called: list[str] = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_name in ("_stream_synchronize",
+                                                        "_stream_destroy", "_launch"):
+            called.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        executable(dx)
+    finally:
+        sys.setprofile(None)
+    assert "_launch" in called and "_stream_synchronize" not in called
+    assert "_stream_destroy" not in called
