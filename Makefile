@@ -1,6 +1,7 @@
 # Developer shortcuts. `make fuzz` runs the differential fuzzer long (tests/fuzz/gen.py):
 # FUZZ_EXAMPLES programs, each on every target of FUZZ_TARGETS against the reference (the
-# GPU mapping runs on the emulator; add cuda where a GPU is); a mismatch is shrunk
+# GPU mapping runs on the emulator; fake-cuda runs the cuda target's host code and driver
+# calls with the emulator as the GPU; add cuda where a GPU is); a mismatch is shrunk
 # and saved to tests/fuzz/corpus/ (replayed by the normal suite). FUZZ_KNOWN=1 also draws
 # the constructs of open corpus entries.
 PYTHON ?= python

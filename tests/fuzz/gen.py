@@ -967,12 +967,13 @@ def _tuple(result: Any, n: int) -> tuple:
 
 def targets() -> list[str]:
     """The compiled targets to fuzz (TDSL_FUZZ_TARGETS, default cpu and emulator: the GPU
-    mapping run by tdsl.runtime.gpu_emulator; add cuda on a machine with a GPU). The
+    mapping run by tdsl.runtime.gpu_emulator; fake-cuda: the cuda target's host code and
+    driver calls with the emulator as the GPU; add cuda on a machine with a GPU). The
     reference is the oracle."""
     names = os.environ.get("TDSL_FUZZ_TARGETS", "cpu,emulator").split(",")
     found = []
     for name in names:
-        if name in ("cpu", "emulator") and not _compiler_installed():
+        if name in ("cpu", "emulator", "fake-cuda") and not _compiler_installed():
             continue
         if name and name != "reference":
             found.append(name)
@@ -1054,6 +1055,12 @@ def _on_target(case: Case, target: str, program, checked, inputs: list[Any], wan
                 from tdsl.runtime.gpu_emulator import EmulatedExecutable
 
                 compiled = api.Kernel(sig, target, lambda: EmulatedExecutable(checked))
+            elif target == "fake-cuda":  # the cuda target's host code and driver calls, with
+                from tdsl.runtime import cuda, cuda_driver  # the emulator as the GPU
+                from tdsl.runtime.cuda_fake import FakeDriver
+
+                cuda_driver.set_driver(FakeDriver())
+                compiled = api.Kernel(sig, "cuda", lambda: cuda.compile_kernel(checked))
             else:
                 factory = api._executable_factory(target)
                 compiled = api.Kernel(sig, target, lambda: factory(checked, program))
