@@ -48,7 +48,6 @@ class _Runtime:
     def __init__(self) -> None:
         self.driver: Any = None
         self.local = threading.local()
-        self.events: dict[int, int] = {}
 
     def fail(self, exc: BaseException) -> None:
         if getattr(self.local, "error", None) is None:
@@ -91,11 +90,6 @@ def _module_load_jit(data, opt_level):
     return RUNTIME.driver.load_module(ctypes.string_at(data))
 
 
-@_guard()
-def _module_unload(module):
-    return None  # modules stay loaded for the process (cached by content)
-
-
 @_guard(0)
 def _module_function(module, name):
     return RUNTIME.driver.function(module or 0, name)
@@ -112,45 +106,14 @@ def _stream_create():
     return RUNTIME.driver.stream()
 
 
-@_guard()
-def _stream_destroy(stream):
-    return None  # the thread's stream is reused
-
-
-@_guard()
-def _stream_synchronize(stream):
-    """Nothing: every stream of the host code is the calling thread's one stream, which orders
-    its launches, allocations and frees; the runtime synchronizes it once after the host code
-    returns (`CudaExecutable.launch`'s copies back, `bind_device_call`, `_fast_call`). The
-    host code's synchronization after each launch had kept the GPU idle between launches."""
-    return None
-
-
 @_guard(0)
 def _event_create():
-    key = len(RUNTIME.events) + 1
-    RUNTIME.events[key] = 0
-    return key
-
-
-@_guard()
-def _event_destroy(event):
-    RUNTIME.events.pop(event or 0, None)
+    return 1  # events order nothing on one stream (see _NO_OPS): an opaque non-null handle
 
 
 @_guard()
 def _event_record(event, stream):
-    RUNTIME.events[event or 0] = stream or 0
-
-
-@_guard()
-def _event_synchronize(event):
-    return None  # one stream: see _stream_synchronize
-
-
-@_guard()
-def _stream_wait_event(stream, event):
-    return None  # one stream: see _stream_synchronize
+    return None
 
 
 @_guard(0)
@@ -183,18 +146,12 @@ def _memset16(dst, value, count, stream):
 _CALLBACKS = {
     "mgpuModuleLoad": (ctypes.CFUNCTYPE(_P, _P, _SZ), _module_load),
     "mgpuModuleLoadJIT": (ctypes.CFUNCTYPE(_P, _P, ctypes.c_int), _module_load_jit),
-    "mgpuModuleUnload": (ctypes.CFUNCTYPE(None, _P), _module_unload),
     "mgpuModuleGetFunction": (ctypes.CFUNCTYPE(_P, _P, ctypes.c_char_p), _module_function),
     "mgpuLaunchKernel": (ctypes.CFUNCTYPE(None, _P, _I64, _I64, _I64, _I64, _I64, _I64,
                                           ctypes.c_int32, _P, _P, _P, _SZ), _launch),
     "mgpuStreamCreate": (ctypes.CFUNCTYPE(_P), _stream_create),
-    "mgpuStreamDestroy": (ctypes.CFUNCTYPE(None, _P), _stream_destroy),
-    "mgpuStreamSynchronize": (ctypes.CFUNCTYPE(None, _P), _stream_synchronize),
-    "mgpuStreamWaitEvent": (ctypes.CFUNCTYPE(None, _P, _P), _stream_wait_event),
     "mgpuEventCreate": (ctypes.CFUNCTYPE(_P), _event_create),
-    "mgpuEventDestroy": (ctypes.CFUNCTYPE(None, _P), _event_destroy),
     "mgpuEventRecord": (ctypes.CFUNCTYPE(None, _P, _P), _event_record),
-    "mgpuEventSynchronize": (ctypes.CFUNCTYPE(None, _P), _event_synchronize),
     "mgpuMemAlloc": (ctypes.CFUNCTYPE(_P, ctypes.c_uint64, _P, ctypes.c_bool), _mem_alloc),
     "mgpuMemFree": (ctypes.CFUNCTYPE(None, _P, _P), _mem_free),
     "mgpuMemcpy": (ctypes.CFUNCTYPE(None, _P, _P, _SZ, _P), _memcpy),
@@ -206,9 +163,13 @@ _REGISTERED: dict[str, Any] = {}
 _REGISTER_LOCK = threading.Lock()
 
 
-# mgpu* functions that do nothing here (one stream per thread: see _stream_synchronize) are
-# defined in the host code itself, so that LLVM removes their calls instead of each one being
-# a round trip into Python through ctypes.
+# mgpu* functions that do nothing here, defined in the host code itself so that LLVM removes
+# their calls (a callback would be a ctypes round trip into Python). Every stream of the host
+# code is the calling thread's one stream (`_stream_create`), which orders its launches,
+# allocations and frees, and the runtime synchronizes it once after the host code returns
+# (`CudaExecutable.launch`'s copies back, `bind_device_call`, `_fast_call`): the host code's
+# synchronization after each launch had kept the GPU idle between launches. Modules stay
+# loaded for the process (cached by content), the thread's stream is reused.
 _NO_OPS = ("mgpuStreamSynchronize", "mgpuStreamDestroy", "mgpuEventSynchronize",
            "mgpuEventDestroy", "mgpuStreamWaitEvent", "mgpuModuleUnload")
 _DECLARE = re.compile(r"^declare void @(" + "|".join(_NO_OPS) + r")\(([^)]*)\)[^\n]*$",
