@@ -167,11 +167,7 @@ def _emit_fused(mapper, group: Group, rows, end) -> None:
         elif not nest.r_ivs:
             mapper.emit_unrolled_elementwise(body_end, nest, tx, threads, rest_ubs, rest_ivs)
         else:
-            with ir.InsertionPoint(body_end):
-                iv, phase_end = b.strided(tx, b.product(rest_ubs), threads)
-            with ir.InsertionPoint(phase_end):
-                for old, new in zip(rest_ivs, b.delinearize(iv, rest_ubs)):
-                    old.replace_all_uses_with(new)
+            phase_end = mapper.strided_phase(body_end, tx, threads, rest_ubs, rest_ivs)
             mapper.emit_accumulation(phase_end, nest)
         if n + 1 < len(group.members):
             with ir.InsertionPoint(body_end):

@@ -17,10 +17,10 @@ pairs of nested `scf.parallel` loops mapped to `block_x` / `thread_x`, ready for
   into as many private accumulators (the step's loads in flight together), then
   `gpu.all_reduce` (warp shuffles, shared memory and barriers after `convert-gpu-to-nvvm`)
   combines them, and thread 0 stores.
+  The block has 32 to 256 threads (the reduction size rounded up to a warp). Reductions
+  shorter than `BLOCK_REDUCE_MIN` are a thread reduction instead, decided at run time.
 - **grid reduction** (into a rank-0 tensor): up to `GRID_REDUCE_BLOCKS` blocks reduce strided
-  shares into partials in device memory, then one block combines the partials. The block has 32 to 256 threads
-  (the reduction size rounded up to a warp). Reductions shorter than `BLOCK_REDUCE_MIN` are
-  a thread reduction instead, decided at run time.
+  shares into partials in device memory, then one block combines the partials.
 - **thread reduction** (column reductions, convolutions: consecutive outputs read
   consecutive memory): the element-wise mapping with the accumulator in a register
   (`iter_args`): one load before the reduction loops and one store after them.
@@ -264,10 +264,10 @@ class Mapper(Phases):
 
     def _combine_partials(self, nest: Nest, partials, count, other) -> None:
         """One block reduces `count` partials; thread 0 combines them with the accumulator."""
-        from mlir.dialects import arith, memref, scf
+        from mlir.dialects import memref, scf
 
         acc_type = nest.combine.results[0].type
-        kind, identity_kind = COMBINERS[nest.combine.name]
+        _, identity_kind = COMBINERS[nest.combine.name]
         with self.ir.InsertionPoint(nest.root):
             threads = self.b.const(REDUCE_THREADS_MAX)
             _, tx, body_end = self.b.launch(self.b.const(1), threads)
@@ -279,11 +279,7 @@ class Mapper(Phases):
                 scf.YieldOp([step.results[0]])
             step.operation.replace_uses_of_with(nest.load.results[0], loop.inner_iter_args[0])
             step.operation.replace_uses_of_with(other, value)
-            reduced = self._all_reduce(loop.results[0], kind, nest.combine.name)
-            first = self.b.if_then(arith.cmpi(arith.CmpIPredicate.eq, tx, self.b.const(0)))
-        for op in (nest.load, nest.combine, nest.store):
-            op.move_before(first)
-        nest.combine.replace_uses_of_with(other, reduced)
+        self.store_block_result(body_end, nest, tx, loop.results[0], other)
 
     # ---- everything else ------------------------------------------------------------------
     def _leading_parallel(self, op) -> None:

@@ -49,10 +49,15 @@ class Phases:
         """Before `end`, with the nest's P indices already replaced: the block's threads
         stride over the reduction domain with private accumulators, `gpu.all_reduce`
         combines them, and thread 0 combines with the accumulator and stores."""
+        other = nest.combine.operands[1 - nest.acc_pos]
+        self.store_block_result(end, nest, tx, self._thread_terms(end, nest, tx, threads),
+                                other)
+
+    def store_block_result(self, end, nest: Nest, tx, partial, other) -> None:
+        """Before `end`: `gpu.all_reduce` of the threads' `partial`s, then thread 0 combines
+        it with the accumulator (the nest's load, combine and store, `other` replaced)."""
         from mlir.dialects import arith
 
-        other = nest.combine.operands[1 - nest.acc_pos]
-        partial = self._thread_terms(end, nest, tx, threads)
         kind, _ = COMBINERS[nest.combine.name]
         with self.ir.InsertionPoint(end):
             reduced = self._all_reduce(partial, kind, nest.combine.name)
@@ -151,23 +156,17 @@ class Phases:
         are computed (clamped like `_unrolled_point`) before the step's guarded stores. Falls
         back to one point per step when the body has regions or writes other than stores at
         its end."""
-        from mlir.dialects import memref, scf
+        from mlir.dialects import arith, memref, scf
 
         from tdsl.gpu_tiling import clone_slice
 
         body = ops(nest.body)
         stores = [op for op in body if op.name == "memref.store"]
         if any(len(op.regions) for op in body) or body[len(body) - len(stores):] != stores:
-            with self.ir.InsertionPoint(end):
-                iv, phase_end = self.b.strided(start, self.b.product(ubs), stride)
-            with self.ir.InsertionPoint(phase_end):
-                for old, new in zip(ivs, self.b.delinearize(iv, ubs)):
-                    old.replace_all_uses_with(new)
+            phase_end = self.strided_phase(end, start, stride, ubs, ivs)
             for op in body:
                 op.move_before(phase_end)
             return
-        from mlir.dialects import arith
-
         with self.ir.InsertionPoint(end):
             total = self.b.product(ubs)
             step = arith.muli(stride, self.b.const(REDUCE_UNROLL))
@@ -187,6 +186,17 @@ class Phases:
             with self.ir.InsertionPoint(guard_end):
                 for operands in values:
                     memref.store(operands[0], operands[1], operands[2:])
+
+    def strided_phase(self, end, start, stride, ubs, ivs):
+        """Before `end`: a loop over the points `start`, `start + stride`, ... of the domain of
+        `ubs` (linearized), the uses of `ivs` replaced by each point's indices; returns the
+        loop body's end."""
+        with self.ir.InsertionPoint(end):
+            iv, phase_end = self.b.strided(start, self.b.product(ubs), stride)
+        with self.ir.InsertionPoint(phase_end):
+            for old, new in zip(ivs, self.b.delinearize(iv, ubs)):
+                old.replace_all_uses_with(new)
+        return phase_end
 
     def _all_reduce(self, value, kind: str, combine: str):
         """`gpu.all_reduce` of a value (8/16-bit integers widened to i32 and back)."""
