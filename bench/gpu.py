@@ -172,10 +172,16 @@ def _fixed_cost(executable, host: list[np.ndarray], repeat: int,
 
     tiny = [to_device(np.ascontiguousarray(a[tuple(slice(0, 32) for _ in range(a.ndim))]))
             if a.ndim else a for a in host]
-    out = executable(*tiny)
-    outputs = {executable.signature.outputs[0].name: out} if hasattr(out, "copy_to_host") \
-        else {}
+    outputs = _given_outputs(executable, executable(*tiny))
     return _median_time(functools.partial(executable, *tiny, **outputs), sync, repeat)
+
+
+def _given_outputs(executable, result: Any) -> dict:
+    """The output a first call allocated on the device, to pass to the timed calls (which
+    then write into it, like the baselines' pooled allocations); {} for a host result."""
+    if not hasattr(result, "copy_to_host"):
+        return {}
+    return {executable.signature.outputs[0].name: result}
 
 
 def _call_overhead(module, baselines: dict, sync: Callable[[], None]) -> dict:
@@ -242,9 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         executable = getattr(module, bench.name).executable()
         device = [to_device(a) if a.ndim else a for a in host]
         got = executable(*device)
-        outputs = {}  # timed calls write into preallocated outputs, like the baselines' pools
-        if hasattr(got, "copy_to_host"):
-            outputs = {executable.signature.outputs[0].name: got}
+        outputs = _given_outputs(executable, got)
+        if outputs:
             got = got.copy_to_host()
         want = bench.reference(*host)
         if not np.allclose(got, want, rtol=2e-3, atol=2e-3):

@@ -24,9 +24,9 @@ def add_compile_commands(sub: argparse._SubParsersAction) -> None:
     comp.add_argument("--emit", "-e", choices=EMIT_CHOICES + GPU_EMIT_CHOICES, default=None,
                       help="what to produce (default: 'so' with -o, else 'llvm'; 'ptx' for "
                       "--target cuda, whose stages are mlir, fused, bufferized, loops, "
-                      "mapped, gpu, nvvm, ptx, host, llvm; 'bundle' with -o writes every kernel's "
-                      "PTX and host code, loadable with tdsl.load_library where the compiler "
-                      "is not installed)")
+                      "mapped, gpu, nvvm, ptx, host, llvm; 'bundle' with -o writes every "
+                      "kernel's PTX and host code, loadable with tdsl.load_library where the "
+                      "compiler is not installed)")
     comp.add_argument("--target", "-t", choices=("cpu", "cuda"), default="cpu",
                       help="compile for the host CPU (default) or for CUDA GPUs")
     comp.add_argument("--arch", default=None,

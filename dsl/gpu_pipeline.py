@@ -118,7 +118,8 @@ GPU_STAGES: tuple[GpuStage, ...] = (
              ("func.func(convert-parallel-loops-to-gpu)", "gpu-kernel-outlining", _merge,
               "lower-affine", "canonicalize", "cse")),
     GpuStage("nvvm", "kernels lowered to the NVVM and LLVM dialects, target attached",
-             (_correctly_rounded_sqrt, _cap_registers, "nvvm-attach-target{{chip={chip} features={features} O=3}}",
+             (_correctly_rounded_sqrt, _cap_registers,
+              "nvvm-attach-target{{chip={chip} features={features} O=3}}",
               # what convert-gpu-to-nvvm leaves of math (math.absi) becomes LLVM intrinsics
               "gpu.module(convert-scf-to-cf, convert-gpu-to-nvvm{{index-bitwidth=64}}, "
               "convert-math-to-llvm, canonicalize, cse)")),

@@ -1,7 +1,8 @@
 """CUDA bundles: kernels compiled for the cuda target, saved to run on another machine.
 
-A bundle is a gzip-compressed JSON file holding, for each kernel, its signature, its PTX, its host code (LLVM
-IR, JIT-compiled where it is loaded) and the `gpu` stage the emulator runs. It is written by
+A bundle is a gzip-compressed JSON file holding, for each kernel, its signature, its PTX, its
+host code (LLVM IR, JIT-compiled where it is loaded) and the `gpu` stage the emulator runs. It
+is written by
 `tdsl compile FILE --target cuda --emit bundle -o FILE.tdslcuda` and loaded by
 `tdsl.load_library`, which needs neither the parser nor the MLIR bindings: compile on a
 build machine, run on a GPU machine that has only the runtime (numpy, llvmlite, the driver).

@@ -28,20 +28,20 @@ def draw(count: int, path: Path) -> None:
     """Draw `count` cases with hypothesis and write them, one JSON object per line."""
     from hypothesis import HealthCheck, Phase, given, settings
 
-    drawn: list[gen.Case] = []
+    drawn: dict[str, gen.Case] = {}  # by source: the first case of each program
 
     @settings(max_examples=3 * count, database=None, deadline=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(case=gen.cases(allow_known=False))
     def collect(case: gen.Case) -> None:
-        if all(case.source != other.source for other in drawn):
-            drawn.append(case)
+        drawn.setdefault(case.source, case)
 
     collect()
+    cases = list(drawn.values())[:count]
     with open(path, "w", encoding="utf-8") as f:
-        for case in drawn[:count]:
+        for case in cases:
             f.write(json.dumps({"source": case.source, **case.to_json()}) + "\n")
-    print(f"wrote {len(drawn[:count])} cases to {path}")
+    print(f"wrote {len(cases)} cases to {path}")
 
 
 def read(path: Path) -> list[gen.Case]:
