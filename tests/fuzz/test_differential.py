@@ -137,6 +137,24 @@ def test_comparison_rules():
                        np.array([1e-3]), False) is None
 
 
+def test_loose_tolerance_grows_with_the_terms_of_a_sum():
+    # corpus 026: 4,356 copies of one f32 value summed in order (the compiled targets) and
+    # pairwise (the reference) differ by 3e-5 relative, about 250 ulp
+    want, got = np.array([-518.2882], np.float32), np.array([-518.30365], np.float32)
+    assert gen.compare("y", "f32", gen.LOOSE, want, got, None, False) is not None
+    assert gen.compare("y", "f32", gen.LOOSE, want, got, None, False, terms=4356) is None
+    assert gen.compare("y", "f32", gen.LOOSE, want, got * 1.01, None, False,
+                       terms=4356) is not None  # a dropped term is still found
+    assert gen.compare("y", "f32", gen.ULP, want, got, None, False, terms=4356) is not None
+
+
+def test_generated_cases_count_the_terms_of_their_sums():
+    case = gen.Case.from_json("", {"symbols": {}, "seed": 0, "special": False, "levels": {},
+                                   "terms": 12})
+    assert case.terms == 12 and case.to_json()["terms"] == 12
+    assert "terms" not in gen.Case("", {}, 0, False, 0, {}).to_json()
+
+
 @pytest.mark.skipif(not gen.FORK, reason="needs fork")
 def test_crashes_and_hangs_in_the_child_are_reported(monkeypatch):
     import signal
