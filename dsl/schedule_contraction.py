@@ -200,12 +200,7 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         *_hoist_accumulators("%fl0"),
         f"transform.structured.vectorize %tile_f : {a}",
         f"transform.structured.vectorize %tile_p : {a}",
-        f"transform.apply_patterns to %f {{ "
-        f"transform.apply_patterns.vector.transfer_permutation_patterns "
-        f"transform.apply_patterns.vector.reduction_to_contract "
-        f"transform.apply_patterns.vector.cast_away_vector_leading_one_dim "
-        f"transform.apply_patterns.canonicalization }} : {a}",
-        *_hoist_accumulators("%fl1"),
+        *_vectors_to_contractions(),
     ]
     return sequence(lines)
 
@@ -268,8 +263,80 @@ def _register_tiles(op: str, tag: str, tiles: ContractionTiles,
     ]
 
 
+def _vectors_to_contractions() -> list[str]:
+    """After `vectorize`: the register tiles' vector ops folded into `vector.contract`s whose
+    accumulators are hoisted out of the k loops (kept in registers)."""
+    a = "!transform.any_op"
+    return [f"transform.apply_patterns to %f {{ "
+            f"transform.apply_patterns.vector.transfer_permutation_patterns "
+            f"transform.apply_patterns.vector.reduction_to_contract "
+            f"transform.apply_patterns.vector.cast_away_vector_leading_one_dim "
+            f"transform.apply_patterns.canonicalization }} : {a}",
+            *_hoist_accumulators("%fl1")]
+
+
 def _hoist_accumulators(name: str) -> list[str]:
     """Keep loop-invariant tensor subsets (the C tile) in registers across the k loops."""
     a, for_op = "!transform.any_op", '!transform.op<"scf.for">'
     return [f'{name} = transform.structured.match ops{{["scf.for"]}} in %f : ({a}) -> {for_op}',
             f"transform.loop.hoist_loop_invariant_subsets {name} : {for_op}"]
+
+
+def inner_contractions_script(func_symbol: str, n_ops: int,
+                              targets: list[tuple[int, tuple[int, ...]]],
+                              tiles: ContractionTiles, cores: int = 1) -> str:
+    """The transform script of the batched contractions inside a larger kernel (attention's
+    `q @ k.T` and `p @ v`: linalg ops `index` of `n_ops` at loop positions `mnk`, B laid out
+    `[k, n]`), for which the packed schedule tripled the compile time: `MR x NR` register
+    tiles without packing or cache blocks. Each product is interchanged to (batch, m, n, k),
+    its first loop split into one `scf.forall` chunk per core (its `fill` fused in), then tiled
+    into static `MR x NR` tiles (peeled; the remainders stay loops in (m, k, n) order) whose
+    accumulators stay in registers across k. Without it a row of C was loaded and stored at
+    every step of k (`p @ v`: store-bound), or each element of C was a dot product ending in a
+    horizontal sum (`q @ k.T`: latency-bound)."""
+    a = "!transform.any_op"
+    names = [f"%p{i}" for i in range(n_ops)]
+    batched = any(len(mnk) == 4 for _, mnk in targets)
+    lines = [
+        f'%f = transform.structured.match ops{{["func.func"]}} '
+        f'attributes{{sym_name = "{func_symbol}"}} in %arg0 : ({a}) -> {a}',
+        f"%all = transform.structured.match interface{{LinalgOp}} in %f : ({a}) -> {a}",
+        f"{', '.join(names)} = transform.split_handle %all : ({a}) -> ({', '.join([a] * n_ops)})",
+        # a transposed B (`transpose_b_operands`) is copied in 32 x 32 tiles, cache-friendly
+        f'%tr = transform.structured.match ops{{["linalg.transpose"]}} in %f : ({a}) -> {a}',
+        f"%tr_tiled, %tr_loops = transform.structured.tile_using_forall %tr tile_sizes "
+        f"{_tile_sizes(batched, b=1, m=32, n=32)} : ({a}) -> ({a}, {a})",
+    ]
+    tags = []
+    for index, mnk in targets:
+        tag = f"c{index}"
+        ts = functools.partial(_tile_sizes, len(mnk) == 4)
+        lines.append(f"%x_{tag} = transform.structured.interchange %p{index} "
+                     f"iterator_interchange = [{', '.join(str(d) for d in mnk)}] : ({a}) -> {a}")
+        op = f"%x_{tag}"
+        if cores > 1:
+            chunks = [cores] + [0] * (len(mnk) - 1)
+            lines += [
+                f"%fill_{tag} = transform.get_producer_of_operand {op}[2] : ({a}) -> {a}",
+                f"%ch_{tag}, %fa_{tag} = transform.structured.tile_using_forall {op} "
+                f"num_threads {chunks} : ({a}) -> ({a}, {a})",
+                f"%fc_{tag}, %fb_{tag} = transform.structured.fuse_into_containing_op "
+                f"%fill_{tag} into %fa_{tag} : ({a}, {a}) -> ({a}, {a})",
+            ]
+            op = f"%ch_{tag}"
+        if len(mnk) == 4:
+            lines.append(f"%b_{tag}, %lb_{tag} = transform.structured.tile_using_for {op} "
+                         f"tile_sizes {ts(b=1)} : ({a}) -> ({a}, {a})")
+            op = f"%b_{tag}"
+        lines += _register_tiles(op, tag, tiles, ts)
+        tags.append(tag)
+    if batched:  # the batch loop's unit dim goes before the register tiles become vectors
+        lines.append(f"transform.apply_patterns to %f {{ "
+                     f"transform.apply_patterns.linalg.fold_unit_extent_dims_via_slices }} : {a}")
+    lines += [f"%tile_{tag}, %lk_{tag} = transform.structured.tile_using_for %g_{tag} "
+              f"tile_sizes [0, 0, 1] : ({a}) -> ({a}, {a})" for tag in tags]
+    lines.append(f"transform.apply_patterns to %f {{ transform.apply_patterns.canonicalization }}"
+                 f" : {a}")
+    lines += [f"transform.structured.vectorize %tile_{tag} : {a}" for tag in tags]
+    lines += _vectors_to_contractions()
+    return sequence(lines)

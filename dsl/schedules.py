@@ -1,7 +1,7 @@
 """Per-kernel transform-dialect schedules for the CPU `fused` stage.
 
 After the `fused` stage's passes, `apply_schedule` looks at the structure of the kernel's
-linalg ops on tensors and, when one of three patterns is found, builds a transform script
+linalg ops on tensors and, when one of four patterns is found, builds a transform script
 (`transform.named_sequence @tdsl_schedule`), applies it with `transform-interpreter` and keeps
 it in the module, so that `tdsl compile FILE --emit fused` shows both the script and its
 result. `strip_schedules` removes it before bufferization.
@@ -37,6 +37,15 @@ innermost strides at run time and calls `_unit` (scheduled, memrefs `strided<[?,
 (attention), row-major copies of the arguments handed to `_unit`
 (`schedule_ir.any_through_unit`). Epilogues (bias, activation) run as their own loop over the result.
 
+Contractions inside a larger kernel (`inner`, `schedule_contraction.inner_contractions_script`):
+a batched product among other ops that neither of the above takes (attention's `q @ k.T` and
+`p @ v`, next to a softmax whose 11 ops are too many to fuse row by row) gets register tiles
+only: interchanged to (batch, m, n, k), its batch loop split into one `scf.forall` chunk per
+core, then static `MR x NR` tiles (peeled) whose accumulators stay in vector registers across
+`k`; no packing and no cache blocks, which tripled attention's compile time. Without it a row
+of `o` was loaded and stored at every step of `j` (`p @ v`) and every element of `s` was a
+dot product ending in a horizontal sum (`q @ k.T`). Versioned like the contractions.
+
 Tile sizes come from the host's vector width (`MR x NR` = 6 x 2 vectors with 16 vector
 registers, 8 x 2 with 32) and cache sizes (`KC` = 256, `MC` = 12 `MR`, `NC` = 256). They are
 constants, never derived from the (dynamic) problem size, so the compile time does not depend
@@ -70,6 +79,7 @@ from tdsl.schedule_contraction import (  # noqa: F401 - ContractionTiles: the ti
     contraction_script,
     contraction_tiles,
     has_transposed_b,
+    inner_contractions_script,
     is_batched_contraction,
     is_contraction,
     transpose_b_operands,
@@ -182,7 +192,7 @@ def versioned_text(func, symbol: str) -> str:
 class Plan:
     """What `plan_schedule` decided: the kind, the payload functions and the script."""
 
-    kind: str  # "rows" | "contraction" | "split"
+    kind: str  # "rows" | "contraction" | "inner" | "split"
     script: str
     versioned: bool = False
 
@@ -209,6 +219,12 @@ def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
                                     f"f{info.elem_bits}", h.cores)
         return Plan("contraction", script, versioned=True)
     t = row_plan(infos)
+    inner = [(i, mnk) for i, info in enumerate(infos)
+             if (mnk := is_batched_contraction(info)) is not None]
+    if not t and inner:
+        tiles = contraction_tiles(h, infos[inner[0][0]].elem_bits)
+        return Plan("inner", inner_contractions_script(symbol + _UNIT, len(infos), inner,
+                                                       tiles, h.cores), versioned=True)
     if not t:
         targets = [(i, len(info.iterators)) for i, info in enumerate(infos)
                    if splittable(info)]

@@ -14,6 +14,7 @@ import tdsl
 from tdsl.check import check_source
 from tdsl.pipelines import run_pipeline
 from tdsl.runtime.cpu import compile_kernel
+from tdsl.schedule_ir import host
 
 RNG = np.random.default_rng(7)
 SIZES = [1, 7, 33, 257]
@@ -150,9 +151,43 @@ def test_batched_contractions_alone_are_tiled(kernel):
     assert ("linalg.transpose ins" in ir) == (kernel == "bmm_nt")
 
 
-def test_batched_contractions_among_other_ops_keep_plain_loops():
+def test_batched_contractions_among_other_ops_get_register_tiles_without_packing():
     ir = _fused_ir(MATMUL, "bmm_scaled")
-    assert "vector.contract" not in ir and "linalg.transpose ins" not in ir
+    assert "vector.contract" in ir and "linalg.transpose ins" in ir and "tensor.pad" not in ir
+
+
+MHA = """
+kernel mha(q: {t}[H, T, D], k: {t}[H, T, D], v: {t}[H, T, E]) -> (o: {t}[H, T, E]) {{
+    s[h, i, j] = select(j <= i, sum[d](q[h, i, d] * k[h, j, d]) * rsqrt({t}(D)), -inf)
+    m[h, i]    = max[j](s[h, i, j])
+    p[h, i, j] = exp(s[h, i, j] - m[h, i])
+    o[h, i, e] = sum[j](p[h, i, j] * v[h, j, e]) / sum[j](p[h, i, j])
+}}
+"""
+
+
+def test_batched_contractions_inside_attention_get_register_tiles():
+    """Attention's `q @ k.T` (B transposed first) and `p @ v` among the softmax's ops: MR x NR
+    register tiles (`inner_contractions_script`), no packing, each in its own parallel loop."""
+    ir = _fused_ir(MHA, "mha")
+    unit = ir[ir.index("func.func private @tdsl_k_mha_unit"):]
+    unit = unit[:unit.index("\n  }\n")]
+    assert unit.count("vector.contract") == 2 and "vector<6x1xf32>, vector<1x16xf32>" in unit
+    assert unit.count("linalg.transpose") == 1 and "tensor.pad" not in unit
+    chunked = 2 if host().cores > 1 else 0  # one parallel loop per product
+    assert unit.count("scf.forall.in_parallel") == 1 + chunked  # + the transpose's tiles
+
+
+@pytest.mark.parametrize("t", ["f32", "f64"])
+def test_attention_register_tiles_against_reference(t):
+    """Sizes around the 6 x 16 tile (main tiles and both remainders), uneven chunks of heads,
+    strided and offset views (through the row-major copies of `_any`)."""
+    cpu, ref = modules(MHA, t)
+    for h, n, d, e in [(1, 1, 1, 1), (3, 37, 21, 21), (2, 6, 16, 32), (5, 13, 40, 7)]:
+        q, k, v = rand((h, n, d), t), rand((h, n, d), t), rand((h, n, e), t)
+        want = ref.mha(q, k, v)
+        check(cpu.mha(q, k, v), want, t)
+        check(cpu.mha(strided(q), k, strided(v)), want, t)
 
 
 @pytest.mark.parametrize("kernel", ["bmm", "bmm_nt", "bmm_scaled"])
