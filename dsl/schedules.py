@@ -38,11 +38,11 @@ innermost strides at run time and calls `_unit` (scheduled, memrefs `strided<[?,
 (`schedule_ir.any_through_unit`). Epilogues (bias, activation) run as their own loop over the result.
 
 Contractions inside a larger kernel (`inner`, `schedule_contraction.inner_contractions_script`):
-a batched product among other ops that neither of the above takes (attention's `q @ k.T` and
-`p @ v`, next to a softmax whose 11 ops are too many to fuse row by row) gets register tiles
-only: interchanged to (batch, m, n, k), its batch loop split into one `scf.forall` chunk per
+a chain of two or more products (attention's `q @ k.T` and `p @ v`, 2-D or batched), or a
+batched product among other ops that row-wise fusion does not take, gets register tiles only: interchanged to (batch, m, n, k), its batch loop split into one `scf.forall` chunk per
 core, then static `MR x NR` tiles (peeled) whose accumulators stay in vector registers across
-`k`; no packing and no cache blocks, which tripled attention's compile time. Without it a row
+`k`; no packing and no cache blocks, which tripled attention's compile time (with a head width
+of 64, `k` fits in one KC block anyway, so the packed schedule ran unpacked tiles there). Without it a row
 of `o` was loaded and stored at every step of `j` (`p @ v`) and every element of `s` was a
 dot product ending in a horizontal sum (`q @ k.T`). Versioned like the contractions.
 
@@ -209,21 +209,20 @@ def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
     if not all(tileable(op.operation) for op in ops):
         return None
     h = h or host()
-    for index, info in enumerate(infos):
-        mnk = is_contraction(info) or (is_batched_contraction(info)
-                                       if alone(info, infos) else None)
-        if mnk is None:
-            continue
-        tiles = contraction_tiles(h, info.elem_bits)
-        script = contraction_script(symbol + _UNIT, len(infos), index, mnk, tiles,
-                                    f"f{info.elem_bits}", h.cores)
-        return Plan("contraction", script, versioned=True)
+    products = [(i, mnk) for i, info in enumerate(infos)
+                if (mnk := is_contraction(info) or is_batched_contraction(info)) is not None]
+    if len(products) == 1:  # packed, unless batched among other ops
+        index, mnk = products[0]
+        info = infos[index]
+        if len(mnk) == 3 or alone(info, infos):
+            tiles = contraction_tiles(h, info.elem_bits)
+            script = contraction_script(symbol + _UNIT, len(infos), index, mnk, tiles,
+                                        f"f{info.elem_bits}", h.cores)
+            return Plan("contraction", script, versioned=True)
     t = row_plan(infos)
-    inner = [(i, mnk) for i, info in enumerate(infos)
-             if (mnk := is_batched_contraction(info)) is not None]
-    if not t and inner:
-        tiles = contraction_tiles(h, infos[inner[0][0]].elem_bits)
-        return Plan("inner", inner_contractions_script(symbol + _UNIT, len(infos), inner,
+    if len(products) > 1 or products and not t:  # a chain of products (attention)
+        tiles = contraction_tiles(h, infos[products[0][0]].elem_bits)
+        return Plan("inner", inner_contractions_script(symbol + _UNIT, len(infos), products,
                                                        tiles, h.cores), versioned=True)
     if not t:
         targets = [(i, len(info.iterators)) for i, info in enumerate(infos)
