@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tdsl.schedule_ir import Host, LinalgInfo, linalg_info, linalg_ops, sequence
+from tdsl.schedule_ir import Host, LinalgInfo, linalg_info, linalg_ops, sequence, users
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,27 @@ def alone(info: LinalgInfo, infos: list[LinalgInfo]) -> bool:
     return all(i is info or i.name in ("linalg.fill", "linalg.transpose") for i in infos)
 
 
+def epilogue(infos: list[LinalgInfo], index: int) -> tuple[int, int] | None:
+    """(op, operand) of an element-wise epilogue of the 2-D contraction `infos[index]`: the
+    kernel's last op, a generic over the product's (m, n) with only parallel loops, the
+    product's one user, reading it element for element (`relu(x @ W + b)`,
+    `alpha * (A @ B) + beta * C`); else None."""
+    root = infos[-1]
+    if index == len(infos) - 1 or root.name != "linalg.generic":
+        return None
+    if root.iterators != ("parallel", "parallel") or root.maps[-1] != (0, 1):
+        return None
+    product = infos[index].op.operation.results[0]
+    readers = users(product)
+    if len(readers) != 1 or readers[0].operation != root.op.operation:
+        return None
+    found = [k for k, v in enumerate(root.op.operation.operands[:root.n_inputs])
+             if v == product]
+    if len(found) != 1 or root.maps[found[0]] != (0, 1):
+        return None
+    return len(infos) - 1, found[0]
+
+
 def has_transposed_b(func) -> bool:
     infos = [linalg_info(op) for op in linalg_ops(func)]
     return any(i is not None and (is_contraction(i, "nk") is not None
@@ -133,7 +154,7 @@ def has_transposed_b(func) -> bool:
 
 def contraction_script(func_symbol: str, n_ops: int, index: int,
                        mnk: tuple[int, ...], tiles: ContractionTiles, elem: str,
-                       cores: int = 1) -> str:
+                       cores: int = 1, epilogue: tuple[int, int] | None = None) -> str:
     """The transform script of one 2-D contraction (linalg op `index` of `n_ops`), tiled the
     way BLIS does: loops jc (NC columns, the fill fused) -> pc (KC, peeled) -> ic (MC rows) ->
     jr (NR, peeled) -> ir (MR, peeled) -> k. In the full KC blocks the operand slices of the
@@ -142,7 +163,14 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
     buffer, A's MR x KC panels once per (ic, pc) into `[MC/MR][MR][KC]`. The partial last KC
     block (all of k when K < KC) keeps unpacked register tiles, so a short k is never padded.
     A batched contraction (`mnk` = (batch, m, n, k) positions) gets a batch loop of one matrix
-    per iteration around jc, and the same tiles inside."""
+    per iteration around jc, and the same tiles inside.
+
+    `epilogue` = (linalg op, operand): the kernel's last op, element-wise over the product
+    (bias, scale, activation: `relu(x @ W + b)`), which reads the product as that operand. It
+    becomes the root: its rows are split into the per-core chunks and its columns into the jc
+    loop, the product (and its fill) fused into both, so each NC-column block of a chunk's
+    product is finished by the epilogue while it is still in cache, and the product never
+    fills a temporary of the whole result."""
     batched = len(mnk) == 4
     ts = functools.partial(_tile_sizes, batched)
     a = "!transform.any_op"
@@ -159,10 +187,8 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         f'%tr = transform.structured.match ops{{["linalg.transpose"]}} in %f : ({a}) -> {a}',
         f"%tr_tiled, %tr_loops = transform.structured.tile_using_forall %tr tile_sizes "
         f"{ts(m=32, n=32, b=1)} : ({a}) -> ({a}, {a})",
-        *_thread_chunks("%mnk", "%mine", cores, ts(m=cores)),
-        f"%t0, %l0{', %lb' if batched else ''} = transform.structured.fuse %mine tile_sizes "
-        f"{ts(n=tiles.nc, b=1)} {{apply_cleanup}} : ({a}) -> "
-        f"({a}, {a}{', ' + a if batched else ''})",
+        *(_column_blocks(ts, tiles, cores, batched) if epilogue is None else
+          _epilogue_blocks(tiles, cores, *epilogue)),
         f"%t1, %l1 = transform.structured.tile_using_for %t0 tile_sizes {ts(k=tiles.kc)} "
         f": ({a}) -> ({a}, {a})",
         *_peel("%l1", "%k_full", "%k_part"),
@@ -204,6 +230,43 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         *_vectors_to_contractions(),
     ]
     return sequence(lines)
+
+
+def _column_blocks(ts: Callable[..., str], tiles: ContractionTiles, cores: int,
+                   batched: bool) -> list[str]:
+    """The contraction `%mnk` split into per-core row chunks, then NC-column blocks (jc, and
+    the batch loop first when batched), its fill fused into both; `%t0` is the block."""
+    a = "!transform.any_op"
+    return [
+        *_thread_chunks("%mnk", "%mine", cores, ts(m=cores)),
+        f"%t0, %l0{', %lb' if batched else ''} = transform.structured.fuse %mine tile_sizes "
+        f"{ts(n=tiles.nc, b=1)} {{apply_cleanup}} : ({a}) -> "
+        f"({a}, {a}{', ' + a if batched else ''})",
+    ]
+
+
+def _epilogue_blocks(tiles: ContractionTiles, cores: int, root: int, operand: int) -> list[str]:
+    """The element-wise epilogue `%p<root>` split into per-core row chunks, then NC-column
+    blocks, the contraction `%mnk` and its fill fused into both; `%t0` is the contraction's
+    block, the producer of the epilogue's `operand`."""
+    a = "!transform.any_op"
+    lines, chunk = [], f"%p{root}"
+    if cores > 1:
+        lines = [
+            f"%fill = transform.get_producer_of_operand %mnk[2] : ({a}) -> {a}",
+            f"%e_chunk, %chunks = transform.structured.tile_using_forall %p{root} "
+            f"num_threads [{cores}, 0] : ({a}) -> ({a}, {a})",
+            f"%c_in, %chunks2 = transform.structured.fuse_into_containing_op %mnk into %chunks "
+            f": ({a}, {a}) -> ({a}, {a})",
+            f"%f_in, %chunks3 = transform.structured.fuse_into_containing_op %fill into "
+            f"%chunks2 : ({a}, {a}) -> ({a}, {a})",
+        ]
+        chunk = "%e_chunk"
+    return lines + [
+        f"%e_t, %l0 = transform.structured.fuse {chunk} tile_sizes [0, {tiles.nc}] "
+        f"{{apply_cleanup}} : ({a}) -> ({a}, {a})",
+        f"%t0 = transform.get_producer_of_operand %e_t[{operand}] : ({a}) -> {a}",
+    ]
 
 
 def _tile_sizes(batched: bool, m: int = 0, n: int = 0, k: int = 0, b: int = 0) -> str:

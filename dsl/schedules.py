@@ -35,7 +35,11 @@ loads need a unit innermost stride, so such kernels are versioned: `@tdsl_k_<nam
 innermost strides at run time and calls `_unit` (scheduled, memrefs `strided<[?, 1]>`) or
 `_any`: the plain loops, or, where copies are fewer loop nests than the kernel's own
 (attention), row-major copies of the arguments handed to `_unit`
-(`schedule_ir.any_through_unit`). Epilogues (bias, activation) run as their own loop over the result.
+(`schedule_ir.any_through_unit`). An element-wise epilogue that is the kernel's last op and the
+product's only reader (bias, scale, activation; `schedule_contraction.epilogue`) becomes the
+root instead: its rows are the per-core chunks and its columns the NC loop, the product and its
+fill fused into both, so each NC block of the product is finished while in cache and no
+temporary of the whole product is allocated.
 
 Contractions inside a larger kernel (`inner`, `schedule_contraction.inner_contractions_script`):
 a chain of two or more products (attention's `q @ k.T` and `p @ v`, 2-D or batched), or a
@@ -78,6 +82,7 @@ from tdsl.schedule_contraction import (  # noqa: F401 - ContractionTiles: the ti
     alone,
     contraction_script,
     contraction_tiles,
+    epilogue,
     has_transposed_b,
     inner_contractions_script,
     is_batched_contraction,
@@ -217,7 +222,8 @@ def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
         if len(mnk) == 3 or alone(info, infos):
             tiles = contraction_tiles(h, info.elem_bits)
             script = contraction_script(symbol + _UNIT, len(infos), index, mnk, tiles,
-                                        f"f{info.elem_bits}", h.cores)
+                                        f"f{info.elem_bits}", h.cores,
+                                        epilogue(infos, index) if len(mnk) == 3 else None)
             return Plan("contraction", script, versioned=True)
     t = row_plan(infos)
     if len(products) > 1 or products and not t:  # a chain of products (attention)

@@ -286,6 +286,79 @@ def test_contractions_against_reference(kernel, t):
                 check(getattr(cpu, kernel)(*args), getattr(ref, kernel)(*args), t)
 
 
+EPILOGUES = """
+kernel gemm(alpha: {t}, A: {t}[M, K], B: {t}[K, N], beta: {t}, C: {t}[M, N]) -> (D: {t}[M, N]) {{
+    D[m, n] = alpha * sum[k](A[m, k] * B[k, n]) + beta * C[m, n]
+}}
+kernel cosine(x: {t}[M, K], z: {t}[N, K]) -> (c: {t}[M, N]) {{
+    nx[i] = sqrt(sum[k](x[i, k] * x[i, k]))
+    nz[j] = sqrt(sum[k](z[j, k] * z[j, k]))
+    c[i, j] = sum[k](x[i, k] * z[j, k]) / (nx[i] * nz[j])
+}}
+kernel scaled_product_twice(A: {t}[M, K], B: {t}[K, N]) -> (C: {t}[M, N], D: {t}[M, N]) {{
+    C[m, n] = sum[k](A[m, k] * B[k, n])
+    D[m, n] = 2.0 * C[m, n]
+}}
+"""
+
+
+def _unit_function(ir: str, kernel: str) -> list[str]:
+    unit = ir[ir.index(f"func.func private @tdsl_k_{kernel}_unit"):]
+    return unit[:unit.index("\n  }\n")].split("\n")
+
+
+@pytest.mark.parametrize("source, kernel", [(MATMUL, "linear_relu"), (EPILOGUES, "gemm"),
+                                            (EPILOGUES, "cosine")])
+def test_epilogues_run_inside_the_column_blocks(source, kernel):
+    """An element-wise epilogue of a product (bias + ReLU, GEMM's alpha and beta, a division)
+    is the root of the schedule: it runs in the NC-column loop (inside the per-core chunks),
+    right after the block of the product it reads, not as a loop over the whole result."""
+    lines = _unit_function(_fused_ir(source, kernel), kernel)
+    last_contract = max(j for j, x in enumerate(lines) if "vector.contract" in x)
+    epilogue = next(i for i, line in enumerate(lines) if i > last_contract
+                    and 'iterator_types = ["parallel", "parallel"]' in line)
+    loops = [line for line in lines[:epilogue] if "scf.for " in line]
+    assert loops and len(lines[epilogue]) - len(lines[epilogue].lstrip()) > \
+        len(loops[0]) - len(loops[0].lstrip()), "\n".join(lines)
+
+
+def test_a_product_that_is_also_an_output_keeps_its_own_loop():
+    """A product read by the epilogue and also written out is not an epilogue's operand."""
+    from mlir import ir as mlir_ir
+
+    from tdsl.schedule_contraction import epilogue
+    from tdsl.schedule_ir import kernel_function, linalg_info, linalg_ops
+
+    text = run_pipeline(next(k for k in check_source(EPILOGUES.format(t="f32"), "<e>").kernels
+                             if k.name == "scaled_product_twice"),
+                        until="mlir", keep=["mlir"]).ir["mlir"]
+    with mlir_ir.Context():
+        module = mlir_ir.Module.parse(text)
+        infos = [linalg_info(op) for op in linalg_ops(kernel_function(module,
+                                                                      "tdsl_k_scaled_product_twice"))]
+        index = next(i for i, info in enumerate(infos) if info.name == "linalg.generic")
+        assert epilogue(infos, index) is None
+
+
+@pytest.mark.parametrize("t", ["f32", "f64"])
+@pytest.mark.parametrize("kernel", ["gemm", "cosine", "scaled_product_twice"])
+def test_epilogues_against_reference(kernel, t):
+    cpu, ref = modules(EPILOGUES, t)
+    for m, k, n in [(1, 1, 1), (7, 33, 257), (300, 513, 270), (73, 260, 17)]:
+        a, c = rand((m, k), t), rand((m, n), t)
+        b = rand((n, k), t) if kernel == "cosine" else rand((k, n), t)
+        args = {"gemm": (DTYPES[t](0.7), a, b, DTYPES[t](-1.3), c), "cosine": (a, b),
+                "scaled_product_twice": (a, b)}[kernel]
+        got, want = getattr(cpu, kernel)(*args), getattr(ref, kernel)(*args)
+        for g, w in zip(got if isinstance(got, tuple) else (got,),
+                        want if isinstance(want, tuple) else (want,)):
+            check(g, w, t)
+        strided_args = [strided(x) if isinstance(x, np.ndarray) and x.ndim else x for x in args]
+        got = getattr(cpu, kernel)(*strided_args)
+        check(got[0] if isinstance(got, tuple) else got,
+              want[0] if isinstance(want, tuple) else want, t)
+
+
 @pytest.mark.parametrize("shape", [(300, 513, 270), (72, 256, 256), (73, 260, 17)])
 def test_matmul_across_cache_tiles(shape):
     m, k, n = shape
