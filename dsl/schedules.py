@@ -108,6 +108,9 @@ from tdsl.schedule_rows import (  # noqa: F401 - ROW_FUSION_MAX_OPS: a knob
 )
 
 LOWER_NAME = "tdsl_lower_vectors"
+# Register tiles cost about 0.35 s of compile time per product (MLIR, LLVM O3, codegen): a
+# kernel with more products than this keeps plain loops for the rest (a chain of four: 1.4 s).
+INNER_MAX_PRODUCTS = 4
 _UNIT, _ANY = "_unit", "_any"
 
 
@@ -228,8 +231,9 @@ def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
     t = row_plan(infos)
     if len(products) > 1 or products and not t:  # a chain of products (attention)
         tiles = contraction_tiles(h, infos[products[0][0]].elem_bits)
-        return Plan("inner", inner_contractions_script(symbol + _UNIT, len(infos), products,
-                                                       tiles, h.cores), versioned=True)
+        return Plan("inner", inner_contractions_script(symbol + _UNIT, len(infos),
+                                                       products[:INNER_MAX_PRODUCTS], tiles,
+                                                       h.cores), versioned=True)
     if not t:
         targets = [(i, len(info.iterators)) for i, info in enumerate(infos)
                    if splittable(info)]

@@ -192,6 +192,20 @@ def test_a_chain_of_products_gets_register_tiles_not_packing():
     assert unit.count("vector.contract") == 2 and "tensor.pad" not in unit
 
 
+def test_register_tiles_stop_at_four_products():
+    """Each tiled product costs compile time: a chain of five products tiles the first four
+    (`INNER_MAX_PRODUCTS`) and keeps plain loops for the fifth, with the right result."""
+    source = ("kernel chain(a: {t}[N, N], b: {t}[N, N]) -> (y: {t}[N, N]) {{\n"
+              + "".join(f"    p{n}[i, j] = sum[k]({'a' if n == 0 else f'p{n - 1}'}[i, k] * "
+                        f"b[k, j])\n" for n in range(4))
+              + "    y[i, j] = sum[k](p3[i, k] * b[k, j])\n}}\n")
+    unit = _unit_function(_fused_ir(source, "chain"), "chain")
+    assert sum("vector.contract" in line for line in unit) == 4
+    a, b = rand((19, 19), "f32") / 4, rand((19, 19), "f32") / 4
+    want = a.astype(np.float64) @ np.linalg.matrix_power(b.astype(np.float64), 5)
+    check(tdsl.loads(source.format(t="f32")).chain(a, b), want, "f32")
+
+
 @pytest.mark.parametrize("t", ["f32", "f64"])
 def test_cross_attention_register_tiles_against_reference(t):
     cpu, ref = modules(MHA, t)
