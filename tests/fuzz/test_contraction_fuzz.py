@@ -5,8 +5,9 @@ The whole-language fuzzer (test_differential.py) rarely draws a statement that i
 product `sum[l](a[i, l] * b[l, j])`, which is what the schedules match. Here each example is a
 kernel built from such a product with a random batch dimension, operand layouts (`A` or `A^T`,
 `B` or `B^T`), what follows it (nothing: the product is the output; a copy; an element-wise
-epilogue; or attention's softmax and a second product), dtype, sizes around the 6 x 16 register tile and the 256-wide cache blocks, and
-strided or offset views of the inputs. The normal suite runs a short, fixed budget;
+epilogue; or attention's softmax and a second product), dtype (f16 and bf16 too), sizes around
+the 6 x 16 register tile and the 256-wide cache blocks, and strided or offset views of the
+inputs. The normal suite runs a short, fixed budget;
 TDSL_CONTRACTION_EXAMPLES runs more, drawn afresh.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,8 +25,9 @@ import tdsl
 
 EXAMPLES = int(os.environ.get("TDSL_CONTRACTION_EXAMPLES", "12"))
 SIZES = [1, 2, 5, 6, 7, 16, 17, 33, 100, 257]
-TOL = {"f32": 3e-4, "f64": 1e-10}
-NP = {"f32": np.float32, "f64": np.float64}
+TOL = {"f32": 3e-4, "f64": 1e-10, "f16": 3e-2, "bf16": 1e-1}
+NP = {"f32": np.float32, "f64": np.float64, "f16": np.float16,
+      "bf16": np.dtype(ml_dtypes.bfloat16)}
 
 # What follows the product `p` (`{i}`, `{j}`: the output's row and column subscripts, with the
 # batch index in front when there is one).
@@ -43,7 +46,7 @@ FOLLOWERS = {
 @st.composite
 def products(draw):
     """(source, argument shapes, kernel's dtype) of one product kernel."""
-    t = draw(st.sampled_from(["f32", "f64"]))
+    t = draw(st.sampled_from(["f32", "f64", "f32", "f64", "f16", "bf16"]))
     batched = draw(st.booleans())
     a_t, b_t = draw(st.booleans()), draw(st.booleans())
     follower = draw(st.sampled_from(sorted(FOLLOWERS)))
