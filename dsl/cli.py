@@ -188,11 +188,17 @@ def _summary(array: np.ndarray) -> str:
 
 
 def _difference(got: np.ndarray, want: np.ndarray) -> str:
+    """The largest difference, also relative to the reference's largest finite magnitude (an
+    element-wise ratio would blow up wherever a sum cancels to nearly zero)."""
     a, b = got.astype(np.float64), want.astype(np.float64)
     if a.size == 0:
         return "0 (empty)"
     both_nan = np.isnan(a) & np.isnan(b)
     with np.errstate(all="ignore"):
         diff = np.where(both_nan | (a == b), 0.0, np.abs(a - b))
-        rel = np.where(diff == 0, 0.0, diff / np.maximum(np.abs(b), 1e-30))
-    return f"{np.nanmax(diff):.3g} (relative {np.nanmax(rel):.3g})"
+    largest = float(np.nanmax(diff))
+    scale = float(np.max(np.abs(b[np.isfinite(b)]), initial=0.0))
+    if largest == 0.0:
+        return "0"
+    relative = f"{largest / scale:.3g}" if scale > 0 and np.isfinite(largest) else "inf"
+    return f"{largest:.3g} ({relative} of the largest reference value)"

@@ -60,6 +60,20 @@ def test_run_reference(capsys):
     assert "time: load" in out and "first call" in out
 
 
+def test_run_difference_is_relative_to_the_largest_reference_value():
+    """A sum that cancels to nearly zero must not make a tiny error look large."""
+    import numpy as np
+
+    from tdsl.cli import _difference
+
+    want = np.array([1.0, 1e-6], np.float32)
+    assert _difference(np.array([1.0, 1.1e-6], np.float32), want).endswith(
+        "(1e-07 of the largest reference value)")
+    assert _difference(want.copy(), want) == "0"
+    assert "inf of the largest" in _difference(np.array([np.inf, 0], np.float32), want)
+    assert _difference(np.zeros(0), np.zeros(0)) == "0 (empty)"
+
+
 def test_run_picks_kernel_and_reports_unknown(capsys):
     path = str(SAMPLES / "matmul.tdsl")
     assert main(["run", path, "-k", "matvec", "-t", "reference", "--repeat", "0"]) == 0
