@@ -174,19 +174,12 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
     batched = len(mnk) == 4
     ts = functools.partial(_tile_sizes, batched)
     a = "!transform.any_op"
-    names = [f"%p{i}" for i in range(n_ops)]
     zero = f"0.0 : {elem}"
     lines = [
-        f'%f = transform.structured.match ops{{["func.func"]}} '
-        f'attributes{{sym_name = "{func_symbol}"}} in %arg0 : ({a}) -> {a}',
-        f"%all = transform.structured.match interface{{LinalgOp}} in %f : ({a}) -> {a}",
-        f"{', '.join(names)} = transform.split_handle %all : ({a}) -> ({', '.join([a] * n_ops)})",
+        *_linalg_handles(func_symbol, n_ops),
         f"%mnk = transform.structured.interchange %p{index} iterator_interchange = "
         f"[{', '.join(str(d) for d in mnk)}] : ({a}) -> {a}",
-        # a transposed B (`transpose_b_operands`) is copied in 32 x 32 tiles, cache-friendly
-        f'%tr = transform.structured.match ops{{["linalg.transpose"]}} in %f : ({a}) -> {a}',
-        f"%tr_tiled, %tr_loops = transform.structured.tile_using_forall %tr tile_sizes "
-        f"{ts(m=32, n=32, b=1)} : ({a}) -> ({a}, {a})",
+        *_tiled_transposes(batched),
         *(_column_blocks(ts, tiles, cores, batched) if epilogue is None else
           _epilogue_blocks(tiles, cores, *epilogue)),
         f"%t1, %l1 = transform.structured.tile_using_for %t0 tile_sizes {ts(k=tiles.kc)} "
@@ -230,6 +223,26 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         *_vectors_to_contractions(),
     ]
     return sequence(lines)
+
+
+def _linalg_handles(func_symbol: str, n_ops: int) -> list[str]:
+    """`%f`, the kernel function, and `%p0` ... `%p<n_ops - 1>`, its linalg ops in order."""
+    a = "!transform.any_op"
+    names = ", ".join(f"%p{i}" for i in range(n_ops))
+    return [f'%f = transform.structured.match ops{{["func.func"]}} '
+            f'attributes{{sym_name = "{func_symbol}"}} in %arg0 : ({a}) -> {a}',
+            f"%all = transform.structured.match interface{{LinalgOp}} in %f : ({a}) -> {a}",
+            f"{names} = transform.split_handle %all : ({a}) -> ({', '.join([a] * n_ops)})"]
+
+
+def _tiled_transposes(batched: bool) -> list[str]:
+    """A transposed B (`transpose_b_operands`) is copied in 32 x 32 tiles (cache-friendly), in
+    an `scf.forall` (threads)."""
+    a = "!transform.any_op"
+    return [f'%tr = transform.structured.match ops{{["linalg.transpose"]}} in %f '
+            f": ({a}) -> {a}",
+            f"%tr_tiled, %tr_loops = transform.structured.tile_using_forall %tr tile_sizes "
+            f"{_tile_sizes(batched, b=1, m=32, n=32)} : ({a}) -> ({a}, {a})"]
 
 
 def _column_blocks(ts: Callable[..., str], tiles: ContractionTiles, cores: int,
@@ -276,19 +289,19 @@ def _tile_sizes(batched: bool, m: int = 0, n: int = 0, k: int = 0, b: int = 0) -
     return f"[{', '.join(str(v) for v in sizes)}]"
 
 
-def _thread_chunks(op: str, chunk: str, cores: int, threads: str) -> list[str]:
+def _thread_chunks(op: str, chunk: str, cores: int, threads: str, tag: str = "") -> list[str]:
     """Split the rows of a contraction into one chunk per core (an `scf.forall`, run by the
     OpenMP runtime; `threads` its num_threads list), its `fill` fused into each chunk; `chunk`
-    names the tiled op."""
+    names the tiled op, `tag` ends the names of the other handles (one script, many ops)."""
     a = "!transform.any_op"
     if cores <= 1:
         return [f"{chunk} = transform.cast {op} : {a} to {a}"]
     return [
-        f"%fill = transform.get_producer_of_operand {op}[2] : ({a}) -> {a}",
-        f"{chunk}, %chunks = transform.structured.tile_using_forall {op} "
+        f"%fill{tag} = transform.get_producer_of_operand {op}[2] : ({a}) -> {a}",
+        f"{chunk}, %chunks{tag} = transform.structured.tile_using_forall {op} "
         f"num_threads {threads} : ({a}) -> ({a}, {a})",
-        f"%fill_chunk, %chunks2 = transform.structured.fuse_into_containing_op %fill into "
-        f"%chunks : ({a}, {a}) -> ({a}, {a})",
+        f"%fill_chunk{tag}, %chunks2{tag} = transform.structured.fuse_into_containing_op "
+        f"%fill{tag} into %chunks{tag} : ({a}, {a}) -> ({a}, {a})",
     ]
 
 
@@ -359,35 +372,17 @@ def inner_contractions_script(func_symbol: str, n_ops: int,
     every step of k (`p @ v`: store-bound), or each element of C was a dot product ending in a
     horizontal sum (`q @ k.T`: latency-bound)."""
     a = "!transform.any_op"
-    names = [f"%p{i}" for i in range(n_ops)]
     batched = any(len(mnk) == 4 for _, mnk in targets)
-    lines = [
-        f'%f = transform.structured.match ops{{["func.func"]}} '
-        f'attributes{{sym_name = "{func_symbol}"}} in %arg0 : ({a}) -> {a}',
-        f"%all = transform.structured.match interface{{LinalgOp}} in %f : ({a}) -> {a}",
-        f"{', '.join(names)} = transform.split_handle %all : ({a}) -> ({', '.join([a] * n_ops)})",
-        # a transposed B (`transpose_b_operands`) is copied in 32 x 32 tiles, cache-friendly
-        f'%tr = transform.structured.match ops{{["linalg.transpose"]}} in %f : ({a}) -> {a}',
-        f"%tr_tiled, %tr_loops = transform.structured.tile_using_forall %tr tile_sizes "
-        f"{_tile_sizes(batched, b=1, m=32, n=32)} : ({a}) -> ({a}, {a})",
-    ]
+    lines = [*_linalg_handles(func_symbol, n_ops), *_tiled_transposes(batched)]
     tags = []
     for index, mnk in targets:
         tag = f"c{index}"
         ts = functools.partial(_tile_sizes, len(mnk) == 4)
         lines.append(f"%x_{tag} = transform.structured.interchange %p{index} "
                      f"iterator_interchange = [{', '.join(str(d) for d in mnk)}] : ({a}) -> {a}")
-        op = f"%x_{tag}"
-        if cores > 1:
-            chunks = [cores] + [0] * (len(mnk) - 1)
-            lines += [
-                f"%fill_{tag} = transform.get_producer_of_operand {op}[2] : ({a}) -> {a}",
-                f"%ch_{tag}, %fa_{tag} = transform.structured.tile_using_forall {op} "
-                f"num_threads {chunks} : ({a}) -> ({a}, {a})",
-                f"%fc_{tag}, %fb_{tag} = transform.structured.fuse_into_containing_op "
-                f"%fill_{tag} into %fa_{tag} : ({a}, {a}) -> ({a}, {a})",
-            ]
-            op = f"%ch_{tag}"
+        first = ts(b=cores) if len(mnk) == 4 else ts(m=cores)  # chunks of the first loop
+        lines += _thread_chunks(f"%x_{tag}", f"%ch_{tag}", cores, first, f"_{tag}")
+        op = f"%ch_{tag}"
         if len(mnk) == 4:
             lines.append(f"%b_{tag}, %lb_{tag} = transform.structured.tile_using_for {op} "
                          f"tile_sizes {ts(b=1)} : ({a}) -> ({a}, {a})")

@@ -42,13 +42,15 @@ fill fused into both, so each NC block of the product is finished while in cache
 temporary of the whole product is allocated.
 
 Contractions inside a larger kernel (`inner`, `schedule_contraction.inner_contractions_script`):
-a chain of two or more products (attention's `q @ k.T` and `p @ v`, 2-D or batched), or a
-batched product among other ops that row-wise fusion does not take, gets register tiles only: interchanged to (batch, m, n, k), its batch loop split into one `scf.forall` chunk per
-core, then static `MR x NR` tiles (peeled) whose accumulators stay in vector registers across
-`k`; no packing and no cache blocks, which tripled attention's compile time (with a head width
-of 64, `k` fits in one KC block anyway, so the packed schedule ran unpacked tiles there). Without it a row
-of `o` was loaded and stored at every step of `j` (`p @ v`) and every element of `s` was a
-dot product ending in a horizontal sum (`q @ k.T`). Versioned like the contractions.
+a chain of two or more products (attention's `q @ k.T` and `p @ v`, 2-D or batched; at most
+`INNER_MAX_PRODUCTS`), or a batched product among other ops that row-wise fusion does not take,
+gets register tiles only: interchanged to (batch, m, n, k), its first loop split into one
+`scf.forall` chunk per core, then static `MR x NR` tiles (peeled) whose accumulators stay in
+vector registers across `k`. No packing and no cache blocks, which tripled attention's compile
+time (with a head width of 64, `k` fits in one KC block anyway, so the packed schedule ran
+unpacked tiles there). Without it a row of `o` was loaded and stored at every step of `j`
+(`p @ v`) and every element of `s` was a dot product ending in a horizontal sum (`q @ k.T`).
+Versioned like the contractions.
 
 Tile sizes come from the host's vector width (`MR x NR` = 6 x 2 vectors with 16 vector
 registers, 8 x 2 with 32) and cache sizes (`KC` = 256, `MC` = 12 `MR`, `NC` = 256). They are
