@@ -907,7 +907,6 @@ def _as_f64(a: Any) -> np.ndarray:
 
 _RTOL = {"f64": 2.0**-40, "f32": 2.0**-16, "f16": 2.0**-7, "bf16": 2.0**-4}
 _ULP_RTOL = {"f64": 2.0**-46, "f32": 2.0**-19, "f16": 2.0**-9, "bf16": 2.0**-6}
-_EPS = {"f64": 2.0**-52, "f32": 2.0**-23, "f16": 2.0**-10, "bf16": 2.0**-7}
 
 
 def compare(name: str, dtype: str, level: int, want: Any, got: Any, spread: np.ndarray | None,
@@ -936,13 +935,11 @@ def compare(name: str, dtype: str, level: int, want: Any, got: Any, spread: np.n
 
 def _close(dtype: str, level: int, w: np.ndarray, g: np.ndarray, spread: np.ndarray | None,
            special: bool, terms: int = 1) -> np.ndarray:
-    info_max = float(ml_dtypes.finfo(NUMPY[dtype]).max if dtype == "bf16" else
-                     np.finfo(NUMPY[dtype]).max)
-    tiny = float(ml_dtypes.finfo(NUMPY[dtype]).tiny if dtype == "bf16" else
-                 np.finfo(NUMPY[dtype]).tiny)
+    info = ml_dtypes.finfo(NUMPY[dtype]) if dtype == "bf16" else np.finfo(NUMPY[dtype])
+    info_max, tiny = float(info.max), float(info.tiny)
     rtol = 2.0**-6 if level == COARSE else (_ULP_RTOL if level == ULP else _RTOL)[dtype]
     if level == LOOSE:  # a reassociated n-term sum: about n/2 ulp in the worst case
-        rtol = max(rtol, terms * _EPS[dtype] / 2)
+        rtol = max(rtol, terms * float(info.eps) / 2)
     sp = np.zeros_like(w) if spread is None else spread
     finite_w, finite_g = np.isfinite(w), np.isfinite(g)
     scale = np.max(np.abs(w[finite_w]), initial=0.0)
