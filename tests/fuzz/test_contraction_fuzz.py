@@ -6,14 +6,17 @@ product `sum[l](a[i, l] * b[l, j])`, which is what the schedules match. Here eac
 kernel built from such a product with a random batch dimension, operand layouts (`A` or `A^T`,
 `B` or `B^T`), what follows it (nothing: the product is the output; a copy; an element-wise
 epilogue; or attention's softmax and a second product), dtype (f16 and bf16 too), sizes around
-the 6 x 16 register tile and the 256-wide cache blocks, and strided or offset views of the
-inputs. The normal suite runs a short, fixed budget;
+the 6 x 16 register tile and the 256-wide cache blocks, and the inputs laid out as the
+whole-language fuzzer lays them out (`gen.LAYOUTS`: strided, reversed, Fortran-ordered,
+byte-swapped, against guard pages). The normal suite runs a short, fixed budget;
 TDSL_CONTRACTION_EXAMPLES runs more, drawn afresh.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -22,6 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tdsl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gen  # noqa: E402 - the whole-language fuzzer's argument layouts
 
 EXAMPLES = int(os.environ.get("TDSL_CONTRACTION_EXAMPLES", "12"))
 SIZES = [1, 2, 5, 6, 7, 16, 17, 33, 100, 257]
@@ -82,25 +88,20 @@ def _dims(text: str, size: dict[str, int]) -> tuple[int, ...]:
     return tuple(size[d.strip()] for d in text.split(","))
 
 
-def _strided(a: np.ndarray) -> np.ndarray:
-    big = np.zeros(tuple(2 * n + 1 for n in a.shape), dtype=a.dtype)
-    view = big[tuple(slice(1, 1 + 2 * n, 2) for n in a.shape)]
-    view[...] = a
-    return view
-
-
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @settings(max_examples=EXAMPLES, deadline=None, database=None,
           derandomize="TDSL_CONTRACTION_EXAMPLES" not in os.environ,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(case=products(), seed=st.integers(0, 2**32 - 1), views=st.booleans())
-def test_product_kernels_match_the_reference(case, seed, views):
+@given(case=products(), seed=st.integers(0, 2**32 - 1),
+       layout=st.integers(0, len(gen.LAYOUTS) - 1))
+def test_product_kernels_match_the_reference(case, seed, layout):
     source, shapes, t = case
     rng = np.random.default_rng(seed)
     args = [rng.uniform(-2.0, 2.0, s).astype(NP[t]) for s in shapes]
     want = np.asarray(tdsl.loads(source, target="reference").k(*args), dtype=np.float64)
     cpu = tdsl.loads(source, target="cpu").k
-    got = np.asarray(cpu(*[_strided(a) for a in args] if views else args), dtype=np.float64)
+    name, place = gen.LAYOUTS[layout]
+    got = np.asarray(cpu(*[place(a) for a in args]), dtype=np.float64)
     scale = max(1.0, float(np.abs(want).max(initial=0.0)))
     np.testing.assert_allclose(got, want, rtol=TOL[t], atol=TOL[t] * scale,
-                               err_msg=f"{source}\nshapes {shapes}, seed {seed}, views {views}")
+                               err_msg=f"{source}\nshapes {shapes}, seed {seed}, layout {name}")
