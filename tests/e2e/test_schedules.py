@@ -126,6 +126,13 @@ def _fused_ir(source: str, kernel: str) -> str:
     return run_pipeline(k, until="fused", keep=["fused"]).ir["fused"]
 
 
+def _unit_ir(source: str, kernel: str) -> str:
+    """The `fused` stage's `@tdsl_k_<kernel>_unit`: the version the schedule applied to."""
+    ir = _fused_ir(source, kernel)
+    unit = ir[ir.index(f"func.func private @tdsl_k_{kernel}_unit"):]
+    return unit[:unit.index("\n  }\n")]
+
+
 @pytest.mark.parametrize("kernel", ["softmax", "layernorm", "rmsnorm", "chain", "heads"])
 def test_row_kernels_are_fused(kernel):
     ir = _fused_ir(ROWS, kernel)
@@ -174,9 +181,7 @@ kernel cross(q: {t}[T, D], k: {t}[S, D], v: {t}[S, E]) -> (o: {t}[T, E]) {{
 def test_batched_contractions_inside_attention_get_register_tiles():
     """Attention's `q @ k.T` (B transposed first) and `p @ v` among the softmax's ops: MR x NR
     register tiles (`inner_contractions_script`), no packing, each in its own parallel loop."""
-    ir = _fused_ir(MHA, "mha")
-    unit = ir[ir.index("func.func private @tdsl_k_mha_unit"):]
-    unit = unit[:unit.index("\n  }\n")]
+    unit = _unit_ir(MHA, "mha")
     assert unit.count("vector.contract") == 2 and "vector<6x1xf32>, vector<1x16xf32>" in unit
     assert unit.count("linalg.transpose") == 1 and "tensor.pad" not in unit
     chunked = 2 if host().cores > 1 else 0  # one parallel loop per product
@@ -186,9 +191,7 @@ def test_batched_contractions_inside_attention_get_register_tiles():
 def test_a_chain_of_products_gets_register_tiles_not_packing():
     """Two 2-D products in one kernel (cross-attention): both get register tiles, neither the
     packed schedule (whose compile cost buys little at attention's head widths)."""
-    ir = _fused_ir(MHA, "cross")
-    unit = ir[ir.index("func.func private @tdsl_k_cross_unit"):]
-    unit = unit[:unit.index("\n  }\n")]
+    unit = _unit_ir(MHA, "cross")
     assert unit.count("vector.contract") == 2 and "tensor.pad" not in unit
 
 
@@ -199,8 +202,7 @@ def test_register_tiles_stop_at_four_products():
               + "".join(f"    p{n}[i, j] = sum[k]({'a' if n == 0 else f'p{n - 1}'}[i, k] * "
                         f"b[k, j])\n" for n in range(4))
               + "    y[i, j] = sum[k](p3[i, k] * b[k, j])\n}}\n")
-    unit = _unit_function(_fused_ir(source, "chain"), "chain")
-    assert sum("vector.contract" in line for line in unit) == 4
+    assert _unit_ir(source, "chain").count("vector.contract") == 4
     a, b = rand((19, 19), "f32") / 4, rand((19, 19), "f32") / 4
     want = a.astype(np.float64) @ np.linalg.matrix_power(b.astype(np.float64), 5)
     check(tdsl.loads(source.format(t="f32")).chain(a, b), want, "f32")
@@ -241,9 +243,7 @@ def test_batched_against_reference(kernel):
 def test_a_transposed_b_is_transposed_once_then_tiled():
     """B[n, k] is copied into a [k, n] tensor (`transpose_b_operands`), in 32 x 32 tiles of a
     parallel loop, and the contraction reads that copy."""
-    ir = _fused_ir(MATMUL, "matmul_nt")
-    unit = ir[ir.index("func.func private @tdsl_k_matmul_nt_unit"):]
-    unit = unit[:unit.index("\n  }\n")]
+    unit = _unit_ir(MATMUL, "matmul_nt")
     assert unit.count("linalg.transpose") == 1 and "permutation = [1, 0]" in unit
     assert "scf.forall" in unit and "vector.contract" in unit
 
@@ -316,18 +316,13 @@ kernel scaled_product_twice(A: {t}[M, K], B: {t}[K, N]) -> (C: {t}[M, N], D: {t}
 """
 
 
-def _unit_function(ir: str, kernel: str) -> list[str]:
-    unit = ir[ir.index(f"func.func private @tdsl_k_{kernel}_unit"):]
-    return unit[:unit.index("\n  }\n")].split("\n")
-
-
 @pytest.mark.parametrize("source, kernel", [(MATMUL, "linear_relu"), (EPILOGUES, "gemm"),
                                             (EPILOGUES, "cosine")])
 def test_epilogues_run_inside_the_column_blocks(source, kernel):
     """An element-wise epilogue of a product (bias + ReLU, GEMM's alpha and beta, a division)
     is the root of the schedule: it runs in the NC-column loop (inside the per-core chunks),
     right after the block of the product it reads, not as a loop over the whole result."""
-    lines = _unit_function(_fused_ir(source, kernel), kernel)
+    lines = _unit_ir(source, kernel).split("\n")
     last_contract = max(j for j, x in enumerate(lines) if "vector.contract" in x)
     epilogue = next(i for i, line in enumerate(lines) if i > last_contract
                     and 'iterator_types = ["parallel", "parallel"]' in line)
