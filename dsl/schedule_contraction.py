@@ -21,15 +21,23 @@ class ContractionTiles:
     nr: int
 
 
+# A larger NC block bought nothing measurable past 1024 columns here (2048^3, 1 and 2 threads).
+NC_MAX = 1024
+
+
 def contraction_tiles(h: Host, elem_bits: int) -> ContractionTiles:
     """Register tile: `nr` = 2 vectors, `mr` rows so that mr * 2 accumulators plus 2 B vectors
-    and a broadcast fit the vector registers. Cache tiles: an MC x KC block of A and a
-    KC x NR panel of B stay in L2 / L1; MC is a multiple of MR so that only the last block of
-    rows has a remainder."""
+    and a broadcast fit the vector registers. Cache tiles, from the host's caches the way BLIS
+    sizes them: a KC x NR micro-panel of B fills half of L1 (KC), an MC x KC block of A stays in
+    L2 (MC: 12 register tiles of rows, so that only the last block has a remainder), and the
+    KC x NC panel of B half of this core's share of L3 (NC, at most `NC_MAX`)."""
     lanes = max(h.vector_bits // elem_bits, 1)
     nr = 2 * lanes
     mr = 8 if h.vector_registers >= 32 else 6
-    return ContractionTiles(mc=12 * mr, nc=max(256, nr), kc=256, mr=mr, nr=nr)
+    elem_bytes = max(elem_bits // 8, 1)
+    kc = min(max(h.l1d // (2 * nr * elem_bytes) // 8 * 8, 64), 512)
+    nc = min(max(h.l3_share // (2 * kc * elem_bytes) // nr * nr, nr), NC_MAX)
+    return ContractionTiles(mc=12 * mr, nc=nc, kc=kc, mr=mr, nr=nr)
 
 
 def _product_maps(info: LinalgInfo, loops: int) -> tuple[tuple, tuple, tuple, int] | None:
@@ -157,11 +165,16 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
                        cores: int = 1, epilogue: tuple[int, int] | None = None) -> str:
     """The transform script of one 2-D contraction (linalg op `index` of `n_ops`), tiled the
     way BLIS does: loops jc (NC columns, the fill fused) -> pc (KC, peeled) -> ic (MC rows) ->
-    jr (NR, peeled) -> ir (MR, peeled) -> k. In the full KC blocks the operand slices of the
-    main register tiles are padded without folding (`pad`: a copy) and the copies hoisted
-    (`hoist_pad`): B's KC x NR panels once per (jc, pc) into a contiguous `[NC/NR][KC][NR]`
-    buffer, A's MR x KC panels once per (ic, pc) into `[MC/MR][MR][KC]`. The partial last KC
-    block (all of k when K < KC) keeps unpacked register tiles, so a short k is never padded.
+    jr (NR) -> ir (MR) -> k. In the full KC blocks every register tile's operand slices are
+    padded to MR x KC and KC x NR without folding (`pad`: a copy, zero-filled past the edges of
+    A and B) and the copies hoisted (`hoist_pad`): B's panels once per (jc, pc) into a
+    contiguous `[NC/NR][KC][NR]` buffer, A's once per (ic, pc) into `[MC/MR][MR][KC]`, each
+    written in place (`pack_in_place`). Only then are jr and ir peeled: the main tiles read and
+    write C directly, the last row and column tiles pad C too (a 6 x 16 copy), and all of them
+    run the static MR x NR micro-kernel on packed panels; before, the edge tiles were plain
+    loops over the unpacked B, 5-10 % of the time when M or N is not a multiple of the tile.
+    The partial last KC block (all of k when K < KC) keeps unpacked register tiles (its
+    remainder rows one row at a time), so a short k is never padded.
     A batched contraction (`mnk` = (batch, m, n, k) positions) gets a batch loop of one matrix
     per iteration around jc, and the same tiles inside.
 
@@ -192,7 +205,7 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         # full KC blocks: MC rows, then packed register tiles
         f"%t2, %l2 = transform.structured.tile_using_for %g_full tile_sizes {ts(m=tiles.mc)} "
         f": ({a}) -> ({a}, {a})",
-        *_register_tiles("%t2", "f", tiles, ts),
+        *_padded_register_tiles("%t2", "f", tiles, ts),
         f"transform.apply_patterns to %f {{ "
         f"transform.apply_patterns.tensor.merge_consecutive_insert_extract_slice "
         f"transform.apply_patterns.canonicalization }} : {a}",
@@ -204,6 +217,15 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         f"%hoisted_b = transform.structured.hoist_pad %pad_b by 3 loops : ({a}) -> {a}",
         f"%pad_a = transform.get_producer_of_operand %padded[0] : ({a}) -> {a}",
         f"%hoisted_a = transform.structured.hoist_pad %pad_a by 2 loops : ({a}) -> {a}",
+        f"%dps_b = transform.structured.rewrite_in_destination_passing_style %hoisted_b "
+        f": ({a}) -> {a}",
+        f"%dps_a = transform.structured.rewrite_in_destination_passing_style %hoisted_a "
+        f": ({a}) -> {a}",
+        *_peel("%lm_f", "%m_main_f", "%m_rest_f"),
+        *_peel("%ln_f", "%n_main_f", "%n_rest_f"),
+        f"transform.apply_patterns to %f {{ transform.apply_patterns.canonicalization }} : {a}",
+        f"%g_fp = transform.structured.match ops{{[\"linalg.generic\"]}} in %k_full "
+        f": ({a}) -> {a}",
         # the partial KC block: MC rows, plain register tiles
         f"%t3, %l3 = transform.structured.tile_using_for %g_part tile_sizes {ts(m=tiles.mc)} "
         f": ({a}) -> ({a}, {a})",
@@ -212,7 +234,7 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         *([f"transform.apply_patterns to %f {{ "
            f"transform.apply_patterns.linalg.fold_unit_extent_dims_via_slices }} : {a}"]
           if batched else []),
-        f"%tile_f, %lk_f = transform.structured.tile_using_for %padded tile_sizes [0, 0, 1] "
+        f"%tile_f, %lk_f = transform.structured.tile_using_for %g_fp tile_sizes [0, 0, 1] "
         f": ({a}) -> ({a}, {a})",
         f"%tile_p, %lk_p = transform.structured.tile_using_for %g_p tile_sizes [0, 0, 1] "
         f": ({a}) -> ({a}, {a})",
@@ -220,6 +242,7 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         *_hoist_accumulators("%fl0"),
         f"transform.structured.vectorize %tile_f : {a}",
         f"transform.structured.vectorize %tile_p : {a}",
+        f"transform.structured.vectorize %r1_p : {a}",
         *_vectors_to_contractions(),
     ]
     return sequence(lines)
@@ -317,8 +340,9 @@ def _peel(loop: str, main: str, rest: str) -> list[str]:
 def _register_tiles(op: str, tag: str, tiles: ContractionTiles,
                     ts: Callable[..., str]) -> list[str]:
     """NR columns (peeled), then MR rows (peeled) of a tiled contraction; `%g_<tag>` is the
-    static MR x NR tile, its remainders become plain loops in (m, k, n) order so that LLVM
-    vectorizes their rows."""
+    static MR x NR tile. The remainder columns become plain loops in (m, k, n) order so that
+    LLVM vectorizes their rows; the remainder rows `%r1_<tag>` are tiled one row and one step
+    of k at a time, to be vectorized (a 1 x NR accumulator kept in registers across k)."""
     a = "!transform.any_op"
     generic = 'ops{["linalg.generic"]}'
     mkn = "[0, 1, 3, 2]" if ts() != "[0, 0, 0]" else "[0, 2, 1]"  # remainders in (m, k, n)
@@ -335,8 +359,21 @@ def _register_tiles(op: str, tag: str, tiles: ContractionTiles,
         f"%rm_{tag} = transform.structured.match {generic} in %m_rest_{tag} : ({a}) -> {a}",
         f"%rni_{tag} = transform.structured.interchange %rn_{tag} iterator_interchange = "
         f"{mkn} : ({a}) -> {a}",
-        f"%rmi_{tag} = transform.structured.interchange %rm_{tag} iterator_interchange = "
-        f"{mkn} : ({a}) -> {a}",
+        f"%r1_{tag}, %lr1_{tag}, %lrk_{tag} = transform.structured.tile_using_for %rm_{tag} "
+        f"tile_sizes {ts(m=1, k=1)} : ({a}) -> ({a}, {a}, {a})",
+    ]
+
+
+def _padded_register_tiles(op: str, tag: str, tiles: ContractionTiles,
+                           ts: Callable[..., str]) -> list[str]:
+    """NR columns, then MR rows of a tiled contraction, not peeled: `%g_<tag>` is every
+    register tile, the last ones partial (padded to MR x NR by `pad`)."""
+    a = "!transform.any_op"
+    return [
+        f"%tn_{tag}, %ln_{tag} = transform.structured.tile_using_for {op} tile_sizes "
+        f"{ts(n=tiles.nr)} : ({a}) -> ({a}, {a})",
+        f"%g_{tag}, %lm_{tag} = transform.structured.tile_using_for %tn_{tag} tile_sizes "
+        f"{ts(m=tiles.mr)} : ({a}) -> ({a}, {a})",
     ]
 
 
@@ -396,6 +433,7 @@ def inner_contractions_script(func_symbol: str, n_ops: int,
               f"tile_sizes [0, 0, 1] : ({a}) -> ({a}, {a})" for tag in tags]
     lines.append(f"transform.apply_patterns to %f {{ transform.apply_patterns.canonicalization }}"
                  f" : {a}")
-    lines += [f"transform.structured.vectorize %tile_{tag} : {a}" for tag in tags]
+    lines += [f"transform.structured.vectorize %{t}_{tag} : {a}" for tag in tags
+              for t in ("tile", "r1")]
     lines += _vectors_to_contractions()
     return sequence(lines)

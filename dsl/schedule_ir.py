@@ -3,33 +3,39 @@ ops on tensors (`LinalgInfo`: iterators, indexing maps by loop position, body op
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+
+from tdsl.runtime.hostinfo import cache_sizes, usable_cores
 
 SCHEDULE_NAME = "tdsl_schedule"
 
 
 @dataclass(frozen=True)
 class Host:
-    """What the schedules are sized for: vector width, vector registers, cores."""
+    """What the schedules are sized for: vector width, vector registers, cores, and the data
+    caches (bytes; `l3_share` is the last level's size over the cores that share it)."""
 
     vector_bits: int = 256
     vector_registers: int = 16
     cores: int = 1
+    l1d: int = 32 * 1024
+    l2: int = 512 * 1024
+    l3_share: int = 2 * 1024 * 1024
 
 
 def host() -> Host:
-    """The host's vector width (AVX-512: 512 bits, 32 registers), and its usable cores."""
+    """The host's vector width (AVX-512: 512 bits, 32 registers), its usable cores and its
+    caches."""
     from tdsl.codegen import llvm as cg
 
     _, features = cg.host_cpu()
     flags = set(features.split(","))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores, caches = usable_cores(), cache_sizes()
     if "+avx512f" in flags:
-        return Host(512, 32, cores or 1)
+        return Host(512, 32, cores, **caches)
     if "+avx" in flags:
-        return Host(256, 16, cores or 1)
-    return Host(128, 16, cores or 1)
+        return Host(256, 16, cores, **caches)
+    return Host(128, 16, cores, **caches)
 
 
 @dataclass

@@ -122,18 +122,22 @@ module attributes {transform.with_named_sequence} {
     %f = transform.structured.match ops{["func.func"]} in %arg0
         : (!transform.any_op) -> !transform.any_op
     transform.apply_patterns to %f {
+      transform.apply_patterns.vector.split_transfer_full_partial
+          split_transfer_strategy = "vector-transfer"
+    } : !transform.any_op
+    transform.apply_patterns to %f {
       transform.apply_patterns.vector.lower_contraction lowering_strategy = "outerproduct"
       transform.apply_patterns.vector.transfer_permutation_patterns
       transform.apply_patterns.vector.lower_multi_reduction lowering_strategy = "innerparallel"
-      transform.apply_patterns.vector.split_transfer_full_partial
-          split_transfer_strategy = "vector-transfer"
       transform.apply_patterns.vector.transfer_to_scf max_transfer_rank = 1 full_unroll = true
       transform.apply_patterns.vector.lower_transfer max_transfer_rank = 1
-      transform.apply_patterns.vector.lower_shape_cast
       transform.apply_patterns.vector.lower_transpose lowering_strategy = "shuffle_1d"
       transform.apply_patterns.vector.lower_outerproduct
       transform.apply_patterns.vector.lower_broadcast
       transform.apply_patterns.canonicalization
+    } : !transform.any_op
+    transform.apply_patterns to %f {
+      transform.apply_patterns.vector.lower_shape_cast
     } : !transform.any_op
     transform.yield
   }
@@ -249,6 +253,49 @@ def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
     return Plan("rows", script)
 
 
+def _walk(op, name: str, found: list) -> list:
+    """Every op called `name` nested in `op`, in order."""
+    for region in op.regions:
+        for block in region.blocks:
+            for child in block.operations:
+                if child.operation.name == name:
+                    found.append(child.operation)
+                _walk(child.operation, name, found)
+    return found
+
+
+def _only_use(value):
+    """(the op, the operand number) of the single use of `value`, or None."""
+    uses = list(value.uses)
+    return (uses[0].owner, uses[0].operand_number) if len(uses) == 1 else None
+
+
+def pack_in_place(module) -> None:
+    """Let each packed panel be copied straight into its packing buffer. `hoist_pad` makes
+    every panel a `tensor.pad ... nofold` inserted into the buffer, which
+    `rewrite_in_destination_passing_style` turns into a copy into a fresh
+    `bufferization.alloc_tensor`: bufferized, a copy into a temporary and a second copy into
+    the buffer. A fresh tensor that is only copied into and then inserted becomes a
+    `tensor.empty`, which `eliminate-empty-tensors` replaces by the buffer's slice."""
+    from mlir import ir
+    from mlir.dialects import tensor
+
+    for alloc in _walk(module.operation, "bufferization.alloc_tensor", []):
+        if len(alloc.operands) or (copy := _only_use(alloc.result)) is None:
+            continue
+        owner, number = copy
+        if owner.name != "linalg.copy" or number != 1:
+            continue
+        insert = _only_use(owner.results[0])
+        if insert is None or insert[0].name != "tensor.insert_slice" or insert[1] != 0:
+            continue
+        shaped = ir.RankedTensorType(alloc.result.type)
+        with ir.InsertionPoint(alloc), alloc.location:
+            empty = tensor.empty(shaped.shape, shaped.element_type)
+        alloc.result.replace_all_uses_with(empty)
+        alloc.erase()
+
+
 def apply_schedule(module, symbol: str, h: Host | None = None):
     """The module with the kernel's schedule applied and kept as `@tdsl_schedule` (the module
     itself, unchanged, when there is none or it fails)."""
@@ -275,6 +322,7 @@ def apply_schedule(module, symbol: str, h: Host | None = None):
             "canonicalize, cse)").run(scheduled.operation)
         if not scheduled.operation.verify():
             return module
+        pack_in_place(scheduled)
     except Exception:  # a schedule that does not apply: keep the plain kernel
         if os.environ.get("TDSL_SCHEDULE_STRICT"):
             raise

@@ -140,7 +140,8 @@ except ImportError:
 
 @functools.lru_cache(maxsize=1)
 def host_id() -> str:
-    """The host CPU model and feature flags, read without LLVM."""
+    """The host CPU model and feature flags, its usable cores and its data caches, read
+    without LLVM."""
     uname = os.uname()
     parts = [uname.machine, uname.sysname]
     try:
@@ -153,6 +154,10 @@ def host_id() -> str:
                     break
     except OSError:
         parts.append(uname.version)
+    from tdsl.runtime.hostinfo import cache_sizes, usable_cores
+
+    # the schedules split loops per core and size their tiles by the caches
+    parts.append(f"cores={usable_cores()} caches={sorted(cache_sizes().items())}")
     return sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
