@@ -11,9 +11,10 @@ Prints, after the machine:
    waits for: check, compile, link, store), then `tdsl.load` of the cached file (median of
    several processes), per file and per kernel, and whether that load imported lark or the MLIR
    bindings (it should import neither).
-3. The kernels of `bench/kernels.py`: tdsl's cold compile against Numba's first-call compile
-   (`@njit(fastmath=True)` and `@njit(parallel=True, fastmath=True)`), after Numba's own import
-   and start-up, which are reported apart.
+3. The kernels of `bench/kernels.py` (its cases, `bench/kernel_cases.py`): tdsl's cold compile
+   against Numba's first-call compile (`@njit(fastmath=True)` and
+   `@njit(parallel=True, fastmath=True)`), after Numba's own import and start-up, which are
+   reported apart.
 4. Per-call overhead on 1-element arrays: tdsl, a Numba njit function and numpy ufuncs.
 
 Workers run as `compile.py --worker KIND ARG` and answer one JSON line on stdout.
@@ -29,14 +30,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import harness as h
 
 TRIVIAL = "kernel bench_trivial(x: f32[N]) -> (y: f32[N]) {\n    y = x + 1.0\n}\n"
 EXTRA = "bench:extra"
-"""The name of the bench's own source (`kernels.TDSL_EXTRA`) among the sample files."""
+"""The name of the bench's own source (`kernel_cases.TDSL_EXTRA`) among the sample files."""
+EXTRA_FILE = "bench/kernel_cases.py"
+"""The file that holds `TDSL_EXTRA`, relative to the repository root; also its tdsl filename
+(`kernel_cases.EXTRA_FILENAME`)."""
 
 CONTRACTION_HINTS = ("matmul", "bmm", "gemm", "linear", "attention", "conv", "chain3", "einsum",
                      "matvec", "sqdist", "cosine", "bilinear", "mha")
@@ -45,21 +48,22 @@ CONTRACTION_HINTS = ("matmul", "bmm", "gemm", "linear", "attention", "conv", "ch
 def _source(name: str) -> tuple[str, str]:
     """(text, filename) of a sample file name (`softmax`) or of `bench:extra`."""
     if name == EXTRA:
-        return _extra_source(), "bench/kernels.py"
+        return _extra_source(), EXTRA_FILE
     path = h.SAMPLES / f"{name}.tdsl"
     return path.read_text(encoding="utf-8"), str(path)
 
 
 def _extra_source() -> str:
-    """`kernels.TDSL_EXTRA`, read without importing kernels.py (which imports Numba)."""
+    """`kernel_cases.TDSL_EXTRA`, read without importing kernel_cases.py (which imports
+    Numba)."""
     import ast
 
-    tree = ast.parse((Path(__file__).parent / "kernels.py").read_text(encoding="utf-8"))
+    tree = ast.parse((h.REPO / EXTRA_FILE).read_text(encoding="utf-8"))
     for node in tree.body:
         if (isinstance(node, ast.Assign) and len(node.targets) == 1
                 and getattr(node.targets[0], "id", None) == "TDSL_EXTRA"):
             return ast.literal_eval(node.value)
-    raise LookupError("TDSL_EXTRA not found in bench/kernels.py")
+    raise LookupError(f"TDSL_EXTRA not found in {EXTRA_FILE}")
 
 
 # ---- workers (each runs in a fresh process) -------------------------------------------------
@@ -162,7 +166,7 @@ def worker_numba(repeat: int) -> dict[str, Any]:
     import numba
 
     out["import_numba"] = laps.lap()
-    import kernels
+    import kernel_cases
     import numpy as np
 
     out["import_bench"] = laps.lap()
@@ -173,8 +177,8 @@ def worker_numba(repeat: int) -> dict[str, Any]:
     numba.njit(trivial)(np.float32(1.0))
     out["startup"] = laps.lap()
     want = {"numba", "numba-par"}
-    for _names, builder in kernels.BUILDERS:
-        for case in builder(kernels.TINY, want):
+    for _names, builder in kernel_cases.BUILDERS:
+        for case in builder(kernel_cases.TINY, want):
             entry = {}
             for impl in ("numba", "numba-par"):
                 fn = case.impls.get(impl)
@@ -198,7 +202,7 @@ def worker_overhead(quick: bool, clock: str) -> dict[str, Any]:
     wall clock or process CPU time."""
     import timeit
 
-    import kernels
+    import numba_impls
     import numpy as np
 
     import tdsl
@@ -209,8 +213,8 @@ def worker_overhead(quick: bool, clock: str) -> dict[str, Any]:
     x, y, z = (np.ones(1, np.float32) for _ in range(3))
     x2, o2 = np.ones((1, 1), np.float32), np.empty((1, 1), np.float32)
     a = np.float32(2.0)
-    nb = kernels.jitted("nb_saxpy", False)
-    nbp = kernels.jitted("nb_saxpy", True)
+    nb = numba_impls.jitted("nb_saxpy", False)
+    nbp = numba_impls.jitted("nb_saxpy", True)
     nb(a, x, y, z)
     nbp(a, x, y, z)
     calls = {

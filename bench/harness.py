@@ -1,8 +1,9 @@
 """Shared pieces of the tdsl benchmarks: the machine description printed at the top of every
 run, the benchmark environment (BLAS settings, thread counts), timing, and plain-text tables.
 
-Both `bench/kernels.py` and `bench/compile.py` import this module; it imports nothing heavy at
-module level (numpy and threadpoolctl are imported where they are used).
+`bench/kernels.py`, `bench/kernel_cases.py` and `bench/compile.py` import this module; it
+imports nothing heavy at module level (numpy and threadpoolctl are imported where they are
+used).
 """
 
 from __future__ import annotations
