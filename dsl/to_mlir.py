@@ -258,7 +258,7 @@ class _FuncEmitter:
         acc = red.dtype.accumulator
         empty = self.empty_domain_flag(red)
         direct = acc is red.dtype and red.op != "mean" and empty is None
-        acc_type = dataclasses.replace(ttype, dtype=acc)
+        acc_type = TensorType(acc, ttype.shape, ttype.scalar)
         init = (self.target_init(st) if direct else
                 self.empty(st.extents, acc, self.guards.get(st.target, ())))
         init = self.fill(self.ops.reduce_identity(red.op, acc), init, tensor_type(acc_type),

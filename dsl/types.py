@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from tdsl.runtime.record import Record
 
 if TYPE_CHECKING:
     from fractions import Fraction
@@ -90,10 +91,10 @@ _BITS = {
 DTYPE_NAMES = frozenset(d.value for d in DType)
 
 
-@dataclass(frozen=True)
-class FloorDiv:
+class FloorDiv(Record):
     """An atom `floor(expr / divisor)` of an affine form, with a positive literal divisor."""
 
+    __slots__ = ("expr", "divisor")
     expr: Affine
     divisor: int
 
@@ -111,16 +112,20 @@ def _atom_key(atom: Atom) -> tuple[int, str]:
     return (0, atom) if isinstance(atom, str) else (1, str(atom))
 
 
-@dataclass(frozen=True)
-class Affine:
+class Affine(Record):
     """A normalized affine form `sum(coef * atom) + const` over names and floor divisions.
 
     Terms are sorted and have non-zero coefficients, so structural equality is equality of
     the forms. Names are shape symbols or index variables, depending on where the form lives.
     """
 
-    terms: tuple[tuple[Atom, int], ...] = ()
-    const: int = 0
+    __slots__ = ("terms", "const")
+    terms: tuple[tuple[Atom, int], ...]
+    const: int
+
+    def __init__(self, terms: tuple[tuple[Atom, int], ...] = (), const: int = 0) -> None:
+        object.__setattr__(self, "terms", terms)  # the checker makes many: no generic init
+        object.__setattr__(self, "const", const)
 
     # ---- construction -------------------------------------------------------------------
     @staticmethod
@@ -362,14 +367,15 @@ class Affine:
         return Affine._build(coefs, int(data[0]))
 
 
-@dataclass(frozen=True)
-class TensorType:
+class TensorType(Record):
     """A dtype with a shape of affine dimensions; `scalar` marks a parameter declared as
     a bare dtype (`a: f32`) rather than a rank-0 tensor (`a: f32[]`)."""
 
+    __slots__ = ("dtype", "shape", "scalar")
+    _defaults = {"shape": (), "scalar": False}
     dtype: DType
-    shape: tuple[Affine, ...] = ()
-    scalar: bool = False
+    shape: tuple[Affine, ...]
+    scalar: bool
 
     @property
     def rank(self) -> int:

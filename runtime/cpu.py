@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import ctypes
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tdsl.runtime import native, threads
+from tdsl.runtime.record import Record
 from tdsl.runtime.signature import BoundCall, Signature, numpy_dtype
 from tdsl.types import DType
 
@@ -96,10 +96,10 @@ def _describe_row_major(shape: tuple[int, ...], slots: list[int]) -> None:
     slots += reversed(strides)
 
 
-@dataclass(frozen=True)
-class _Plan:
+class _Plan(Record):
     """What a fast call needs beyond its arrays' data pointers."""
 
+    __slots__ = ("template", "template_address", "outputs", "scalar_results", "single")
     template: Any  # the ctypes slot array (kept alive with the plan)
     template_address: int
     outputs: list[tuple[tuple[int, ...], np.dtype]]
@@ -107,23 +107,31 @@ class _Plan:
     single: tuple[tuple[int, ...], np.dtype] | None  # the output, when there is one
 
 
-@dataclass
 class CpuExecutable:
     """A kernel compiled for this CPU and loaded in this process.
 
     `run(call)` writes the results into `call.outputs` (already allocated, any strides).
+    `keepalive` holds what owns the code (the JIT engine or the library); `threaded`: the code
+    calls libomp (tdsl.runtime.threads sets its team size per call); `fast_address`:
+    `tdsl_fast_<kernel>`, 0 where the library has none; `native_address`: `tdsl_py_<kernel>`
+    (tdsl.codegen.pycall), 0 where none.
     """
 
-    signature: Signature
-    address: int
-    keepalive: Any = None  # the JIT engine that owns the code
-    slots: int = 0
-    compile_seconds: dict[str, float] = field(default_factory=dict)
-    threaded: bool = False  # calls libomp (tdsl.runtime.threads sets its team size per call)
-    fast_address: int = 0  # `tdsl_fast_<kernel>`, 0 where the library has none
-    native_address: int = 0  # `tdsl_py_<kernel>` (tdsl.codegen.pycall), 0 where none
+    def __init__(self, signature: Signature, address: int, keepalive: Any = None,
+                 slots: int = 0, compile_seconds: dict[str, float] | None = None,
+                 threaded: bool = False, fast_address: int = 0,
+                 native_address: int = 0) -> None:
+        self.signature = signature
+        self.address = address
+        self.keepalive = keepalive
+        self.slots = slots
+        self.compile_seconds = {} if compile_seconds is None else compile_seconds
+        self.threaded = threaded
+        self.fast_address = fast_address
+        self.native_address = native_address
+        self._post_init()
 
-    def __post_init__(self) -> None:
+    def _post_init(self) -> None:
         self._fn = _ENTRY(self.address)
         self._omp = threads.load() if self.threaded else None
         if not self.slots:

@@ -12,11 +12,11 @@ import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from tdsl.runtime.record import Record
 from tdsl.types import Affine, DType, TensorType
 
 _NUMPY_DTYPES = {
@@ -94,10 +94,10 @@ def _dtype_name(dt: np.dtype) -> str:
     return dt.newbyteorder("=").name if dt.kind != "O" else "object"
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(Record):
     """A named input or output and its declared type."""
 
+    __slots__ = ("name", "type")
     name: str
     type: TensorType
 
@@ -113,16 +113,17 @@ class Param:
         return Param(data["name"], TensorType(DType(data["dtype"]), shape, bool(data["scalar"])))
 
 
-@dataclass(frozen=True)
-class Condition:
+class Condition(Record):
     """A call-time shape condition: `expr >= 0` (kind "ge") or `expr == 0` (kind "eq"),
     over shape symbols, with the message to raise when it fails."""
 
+    __slots__ = ("kind", "expr", "message", "unless_empty")
+    _defaults = {"unless_empty": ()}
     kind: str
     expr: Affine
     message: str
     # The condition is vacuous when one of these extents is <= 0 (an empty loop domain).
-    unless_empty: tuple[Affine, ...] = ()
+    unless_empty: tuple[Affine, ...]
 
     def holds(self, symbols: Mapping[str, int]) -> bool:
         """True when the condition is satisfied by these symbol values."""
@@ -143,27 +144,28 @@ class Condition:
                          tuple(Affine.from_json(e) for e in data.get("unless_empty", ())))
 
 
-@dataclass(frozen=True)
-class SymbolSource:
+class SymbolSource(Record):
     """Where a shape symbol takes its value: dimension `dim` of input number `param`."""
 
+    __slots__ = ("symbol", "param", "dim")
     symbol: str
     param: int
     dim: int
 
 
-@dataclass(frozen=True)
-class Signature:
+class Signature(Record):
     """Everything needed to validate a call and allocate its outputs, without the compiler."""
 
+    __slots__ = ("name", "inputs", "outputs", "symbols", "conditions", "doc", "locals")
+    _defaults = {"symbols": (), "conditions": (), "doc": "", "locals": ()}
     name: str
     inputs: tuple[Param, ...]
     outputs: tuple[Param, ...]
-    symbols: tuple[SymbolSource, ...] = ()
-    conditions: tuple[Condition, ...] = ()
-    doc: str = ""
+    symbols: tuple[SymbolSource, ...]
+    conditions: tuple[Condition, ...]
+    doc: str
     # The kernel's local tensors: a call whose temporaries cannot exist is refused.
-    locals: tuple[Param, ...] = ()
+    locals: tuple[Param, ...]
 
     def __str__(self) -> str:
         ins = ", ".join(f"{p.name}: {p.type}" for p in self.inputs)
@@ -206,17 +208,21 @@ class Signature:
         return _Binder(self)._input(self.inputs[index], value)
 
 
-@dataclass
 class BoundCall:
     """A validated call: input arrays (rank 0 for scalars; native byte order), symbol values,
     output shapes and the output arrays the caller gave (None where the target allocates)."""
 
-    signature: Signature
-    inputs: list[np.ndarray]
-    symbols: dict[str, int]
-    output_shapes: list[tuple[int, ...]]
-    given_outputs: list[np.ndarray | None]
-    outputs: list[np.ndarray] = field(default_factory=list)
+    __slots__ = ("signature", "inputs", "symbols", "output_shapes", "given_outputs", "outputs")
+
+    def __init__(self, signature: Signature, inputs: list[np.ndarray], symbols: dict[str, int],
+                 output_shapes: list[tuple[int, ...]], given_outputs: list[np.ndarray | None],
+                 outputs: list[np.ndarray] | None = None) -> None:
+        self.signature = signature
+        self.inputs = inputs
+        self.symbols = symbols
+        self.output_shapes = output_shapes
+        self.given_outputs = given_outputs
+        self.outputs = [] if outputs is None else outputs
 
     def allocate_outputs(self) -> list[np.ndarray]:
         """The output arrays: the given ones, and new uninitialized ones for the rest."""

@@ -32,6 +32,8 @@ import sys
 import threading
 from pathlib import Path
 
+from tdsl.runtime.hostinfo import usable_cores
+
 BLOCKTIME_MS = 1
 _STATE: dict[str, object] = {}
 _LOCK = threading.Lock()
@@ -95,10 +97,7 @@ def load() -> ctypes.CDLL | None:
 
 def cores() -> int:
     """The number of cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def _configured() -> int:
