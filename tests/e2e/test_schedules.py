@@ -237,7 +237,8 @@ def test_attention_register_tiles_against_reference(t):
 @pytest.mark.parametrize("kernel", ["bmm", "bmm_nt", "bmm_scaled"])
 def test_batched_against_reference(kernel):
     cpu, ref = modules(MATMUL, "f32")
-    for h, m, k, n in [(1, 1, 1, 1), (3, 7, 33, 17), (2, 73, 260, 40), (5, 6, 256, 16)]:
+    for h, m, k, n in [(1, 1, 1, 1), (3, 7, 33, 17), (2, 73, 260, 40), (5, 6, 256, 16),
+                       (2, 151, 530, 37)]:  # MC, KC blocks and padded edge tiles
         a = rand((h, m, k), "f32")
         b = rand((h, k, n) if kernel == "bmm" else (h, n, k), "f32")
         check(getattr(cpu, kernel)(a, b), getattr(ref, kernel)(a, b), "f32")
