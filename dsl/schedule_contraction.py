@@ -169,10 +169,12 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
     padded to MR x KC and KC x NR without folding (`pad`: a copy, zero-filled past the edges of
     A and B) and the copies hoisted (`hoist_pad`): B's panels once per (jc, pc) into a
     contiguous `[NC/NR][KC][NR]` buffer, A's once per (ic, pc) into `[MC/MR][MR][KC]`, each
-    written in place (`pack_in_place`). Only then are jr and ir peeled: the main tiles read and
-    write C directly, the last row and column tiles pad C too (a 6 x 16 copy), and all of them
-    run the static MR x NR micro-kernel on packed panels; before, the edge tiles were plain
-    loops over the unpacked B, 5-10 % of the time when M or N is not a multiple of the tile.
+    written in place (`pack_in_place`); the packing loops are peeled, so a full panel is one
+    copy and only the last one is zero-filled first. Only then are jr and ir peeled: the main
+    tiles read and write C directly, the last row and column tiles pad C too (a 6 x 16 copy),
+    and all of them run the static MR x NR micro-kernel on packed panels; before, the edge
+    tiles were plain loops over the unpacked B, 5-10 % of the time when M or N is not a
+    multiple of the tile.
     The partial last KC block (all of k when K < KC) keeps unpacked register tiles (its
     remainder rows one row at a time), so a short k is never padded.
     A batched contraction (`mnk` = (batch, m, n, k) positions) gets a batch loop of one matrix
@@ -221,6 +223,10 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         f": ({a}) -> {a}",
         f"%dps_a = transform.structured.rewrite_in_destination_passing_style %hoisted_a "
         f": ({a}) -> {a}",
+        f'%pack_b = transform.get_parent_op %dps_b {{op_name = "scf.for"}} : ({a}) -> {a}',
+        *_peel("%pack_b", "%pack_b_full", "%pack_b_edge"),
+        f'%pack_a = transform.get_parent_op %dps_a {{op_name = "scf.for"}} : ({a}) -> {a}',
+        *_peel("%pack_a", "%pack_a_full", "%pack_a_edge"),
         *_peel("%lm_f", "%m_main_f", "%m_rest_f"),
         *_peel("%ln_f", "%n_main_f", "%n_rest_f"),
         f"transform.apply_patterns to %f {{ transform.apply_patterns.canonicalization }} : {a}",
