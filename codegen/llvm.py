@@ -57,9 +57,13 @@ def _init() -> None:
         llvm.initialize_native_asmparser()
         for flag in LLVM_FLAGS:
             llvm.set_option("tdsl", flag)
-        libm = ctypes.util.find_library("m")
-        if libm:
-            llvm.load_library_permanently(libm)
+        # The JIT resolves calls from the process's libraries: libm, and libgcc_s for the
+        # conversions LLVM leaves to a runtime routine (f64 -> f16 `__truncdfhf2`, and f32 ->
+        # f16 without F16C), which the shared-library path gets from the linker.
+        for name in ("m", "gcc_s"):
+            found = ctypes.util.find_library(name)
+            if found:
+                llvm.load_library_permanently(found)
         from tdsl.runtime import threads
 
         if threads.load() is not None:  # the JIT resolves __kmpc_* from the process's libomp
