@@ -428,7 +428,8 @@ def _hoist_accumulators(name: str) -> list[str]:
 
 def inner_contractions_script(func_symbol: str, n_ops: int,
                               targets: list[tuple[int, tuple[int, ...]]],
-                              tiles: ContractionTiles, cores: int = 1) -> str:
+                              tiles: ContractionTiles, cores: int = 1,
+                              elems: list[str] | None = None) -> str:
     """The transform script of the contractions inside a larger kernel (attention's `q @ k.T`
     and `p @ v`, 2-D or batched: linalg ops `index` of `n_ops` at loop positions `mnk`, B laid
     out `[k, n]`), for which the packed schedule tripled the compile time: `MR x NR` register
@@ -437,7 +438,8 @@ def inner_contractions_script(func_symbol: str, n_ops: int,
     into static `MR x NR` tiles (peeled; the remainders stay loops in (m, k, n) order) whose
     accumulators stay in registers across k. Without it a row of C was loaded and stored at
     every step of k (`p @ v`: store-bound), or each element of C was a dot product ending in a
-    horizontal sum (`q @ k.T`: latency-bound)."""
+    horizontal sum (`q @ k.T`: latency-bound). With `elems` (each product's element type),
+    the remainder columns are zero-padded MR x NR tiles too (`_register_tiles`)."""
     a = "!transform.any_op"
     batched = any(len(mnk) == 4 for _, mnk in targets)
     lines = [*_linalg_handles(func_symbol, n_ops), *_tiled_transposes(batched)]
@@ -454,16 +456,20 @@ def inner_contractions_script(func_symbol: str, n_ops: int,
             lines.append(f"%b_{tag}, %lb_{tag} = transform.structured.tile_using_for {op} "
                          f"tile_sizes {ts(b=1)} : ({a}) -> ({a}, {a})")
             op = f"%b_{tag}"
-        lines += _register_tiles(op, tag, tiles, ts)
+        zero = f"0.0 : {elems[len(tags)]}" if elems else None
+        lines += _register_tiles(op, tag, tiles, ts, zero)
         tags.append(tag)
     if batched:  # the batch loop's unit dim goes before the register tiles become vectors
         lines.append(f"transform.apply_patterns to %f {{ "
                      f"transform.apply_patterns.linalg.fold_unit_extent_dims_via_slices }} : {a}")
     lines += [f"%tile_{tag}, %lk_{tag} = transform.structured.tile_using_for %g_{tag} "
               f"tile_sizes [0, 0, 1] : ({a}) -> ({a}, {a})" for tag in tags]
+    if elems:
+        lines += [f"%edge_{tag}, %lke_{tag} = transform.structured.tile_using_for %re_{tag} "
+                  f"tile_sizes [0, 0, 1] : ({a}) -> ({a}, {a})" for tag in tags]
     lines.append(f"transform.apply_patterns to %f {{ transform.apply_patterns.canonicalization }}"
                  f" : {a}")
     lines += [f"transform.structured.vectorize %{t}_{tag} : {a}" for tag in tags
-              for t in ("tile", "r1")]
+              for t in ("tile", "r1", *(("edge",) if elems else ()))]
     lines += _vectors_to_contractions()
     return sequence(lines)

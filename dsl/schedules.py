@@ -237,9 +237,10 @@ def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
     t = row_plan(infos)
     if len(products) > 1 or products and not t:  # a chain of products (attention)
         tiles = contraction_tiles(h, infos[products[0][0]].elem_bits)
-        return Plan("inner", inner_contractions_script(symbol + _UNIT, len(infos),
-                                                       products[:INNER_MAX_PRODUCTS], tiles,
-                                                       h.cores), versioned=True)
+        tiled = products[:INNER_MAX_PRODUCTS]
+        elems = [f"f{infos[index].elem_bits}" for index, _ in tiled]
+        return Plan("inner", inner_contractions_script(symbol + _UNIT, len(infos), tiled,
+                                                       tiles, h.cores, elems), versioned=True)
     if not t:
         targets = [(i, len(info.iterators)) for i, info in enumerate(infos)
                    if splittable(info)]
