@@ -348,18 +348,16 @@ def _peel(loop: str, main: str, rest: str) -> list[str]:
 
 
 def _register_tiles(op: str, tag: str, tiles: ContractionTiles,
-                    ts: Callable[..., str], zero: str | None = None) -> list[str]:
+                    ts: Callable[..., str], zero: str) -> list[str]:
     """NR columns (peeled), then MR rows (peeled) of a tiled contraction; `%g_<tag>` is the
-    static MR x NR tile. The remainder columns become plain loops in (m, k, n) order so that
-    LLVM vectorizes their rows; the remainder rows `%r1_<tag>` are tiled one row and one step
-    of k at a time, to be vectorized (a 1 x NR accumulator kept in registers across k).
-
-    With `zero` (the element type's 0 literal), the remainder columns are instead cut into
-    MR x NR tiles padded with zeros (`%re_<tag>`: a copy of B's last columns and of C's, no
-    packing), so that they too run the micro-kernel once tiled by k and vectorized."""
+    static MR x NR tile. The remainder columns are cut into MR x NR tiles padded with zeros
+    (`%re_<tag>`: a copy of B's last columns and of C's, no packing; `zero` is the element
+    type's 0 literal), so that they too run the micro-kernel once tiled by k and vectorized;
+    before, they were plain loops that loaded and stored C at every step of k. The remainder
+    rows `%r1_<tag>` are tiled one row and one step of k at a time, to be vectorized (a
+    1 x NR accumulator kept in registers across k)."""
     a = "!transform.any_op"
     generic = 'ops{["linalg.generic"]}'
-    mkn = "[0, 1, 3, 2]" if ts() != "[0, 0, 0]" else "[0, 2, 1]"  # remainders in (m, k, n)
     return [
         f"%tn_{tag}, %ln_{tag} = transform.structured.tile_using_for {op} tile_sizes "
         f"{ts(n=tiles.nr)} : ({a}) -> ({a}, {a})",
@@ -371,9 +369,7 @@ def _register_tiles(op: str, tag: str, tiles: ContractionTiles,
         f"%g_{tag} = transform.structured.match {generic} in %m_main_{tag} : ({a}) -> {a}",
         f"%rn_{tag} = transform.structured.match {generic} in %n_rest_{tag} : ({a}) -> {a}",
         f"%rm_{tag} = transform.structured.match {generic} in %m_rest_{tag} : ({a}) -> {a}",
-        *(_padded_edge(tag, tiles, ts, zero) if zero else [
-            f"%rni_{tag} = transform.structured.interchange %rn_{tag} iterator_interchange = "
-            f"{mkn} : ({a}) -> {a}"]),
+        *_padded_edge(tag, tiles, ts, zero),
         f"%r1_{tag}, %lr1_{tag}, %lrk_{tag} = transform.structured.tile_using_for %rm_{tag} "
         f"tile_sizes {ts(m=1, k=1)} : ({a}) -> ({a}, {a}, {a})",
     ]
@@ -428,8 +424,7 @@ def _hoist_accumulators(name: str) -> list[str]:
 
 def inner_contractions_script(func_symbol: str, n_ops: int,
                               targets: list[tuple[int, tuple[int, ...]]],
-                              tiles: ContractionTiles, cores: int = 1,
-                              elems: list[str] | None = None) -> str:
+                              tiles: ContractionTiles, cores: int, elems: list[str]) -> str:
     """The transform script of the contractions inside a larger kernel (attention's `q @ k.T`
     and `p @ v`, 2-D or batched: linalg ops `index` of `n_ops` at loop positions `mnk`, B laid
     out `[k, n]`), for which the packed schedule tripled the compile time: `MR x NR` register
@@ -438,8 +433,8 @@ def inner_contractions_script(func_symbol: str, n_ops: int,
     into static `MR x NR` tiles (peeled; the remainders stay loops in (m, k, n) order) whose
     accumulators stay in registers across k. Without it a row of C was loaded and stored at
     every step of k (`p @ v`: store-bound), or each element of C was a dot product ending in a
-    horizontal sum (`q @ k.T`: latency-bound). With `elems` (each product's element type),
-    the remainder columns are zero-padded MR x NR tiles too (`_register_tiles`)."""
+    horizontal sum (`q @ k.T`: latency-bound). `elems`: each product's element type, for
+    the zero-padded remainder tiles (`_register_tiles`)."""
     a = "!transform.any_op"
     batched = any(len(mnk) == 4 for _, mnk in targets)
     lines = [*_linalg_handles(func_symbol, n_ops), *_tiled_transposes(batched)]
@@ -456,20 +451,18 @@ def inner_contractions_script(func_symbol: str, n_ops: int,
             lines.append(f"%b_{tag}, %lb_{tag} = transform.structured.tile_using_for {op} "
                          f"tile_sizes {ts(b=1)} : ({a}) -> ({a}, {a})")
             op = f"%b_{tag}"
-        zero = f"0.0 : {elems[len(tags)]}" if elems else None
-        lines += _register_tiles(op, tag, tiles, ts, zero)
+        lines += _register_tiles(op, tag, tiles, ts, f"0.0 : {elems[len(tags)]}")
         tags.append(tag)
     if batched:  # the batch loop's unit dim goes before the register tiles become vectors
         lines.append(f"transform.apply_patterns to %f {{ "
                      f"transform.apply_patterns.linalg.fold_unit_extent_dims_via_slices }} : {a}")
     lines += [f"%tile_{tag}, %lk_{tag} = transform.structured.tile_using_for %g_{tag} "
               f"tile_sizes [0, 0, 1] : ({a}) -> ({a}, {a})" for tag in tags]
-    if elems:
-        lines += [f"%edge_{tag}, %lke_{tag} = transform.structured.tile_using_for %re_{tag} "
-                  f"tile_sizes [0, 0, 1] : ({a}) -> ({a}, {a})" for tag in tags]
+    lines += [f"%edge_{tag}, %lke_{tag} = transform.structured.tile_using_for %re_{tag} "
+              f"tile_sizes [0, 0, 1] : ({a}) -> ({a}, {a})" for tag in tags]
     lines.append(f"transform.apply_patterns to %f {{ transform.apply_patterns.canonicalization }}"
                  f" : {a}")
     lines += [f"transform.structured.vectorize %{t}_{tag} : {a}" for tag in tags
-              for t in ("tile", "r1", *(("edge",) if elems else ()))]
+              for t in ("tile", "r1", "edge")]
     lines += _vectors_to_contractions()
     return sequence(lines)
