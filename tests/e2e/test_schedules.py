@@ -404,14 +404,18 @@ def test_contractions_on_strided_views(kernel):
 
 
 def test_contraction_compile_time_budget():
-    """A contraction kernel compiles (MLIR, LLVM O3, machine code) in under 2 s of CPU time."""
+    """A contraction kernel compiles (MLIR, LLVM O3, machine code) in under 3 s of CPU time: a
+    guard against tiles that explode the code (a bad choice once took 156 s). The target,
+    1 s, is measured by bench/compile.py on an idle machine (matmul: about 1.1 s of CPU time
+    here since its edge tiles run the micro-kernel too; 2.1 s was seen with the suite's two
+    workers and a fuzzer sharing the 2 cores)."""
     program = check_source(MATMUL.format(t="f32"), "<budget>")
     kernel = next(k for k in program.kernels if k.name == "matmul")
     compile_kernel(kernel)  # warm: imports, the MLIR context, LLVM's target
     start = time.process_time()
     ex = compile_kernel(kernel)
     seconds = time.process_time() - start
-    assert seconds < 2.0, (seconds, ex.compile_seconds)
+    assert seconds < 3.0, (seconds, ex.compile_seconds)
 
 
 def test_negative_index_multipliers_keep_plain_loops():
