@@ -228,8 +228,12 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         *_peel("%pack_b", "%pack_b_full", "%pack_b_edge"),
         f'%pack_a = transform.get_parent_op %dps_a {{op_name = "scf.for"}} : ({a}) -> {a}',
         *_peel("%pack_a", "%pack_a_full", "%pack_a_edge"),
-        *_peel("%lm_f", "%m_main_f", "%m_rest_f"),
+        # columns first: the last column block pads C anyway, so only the full ones peel rows
         *_peel("%ln_f", "%n_main_f", "%n_rest_f"),
+        f"%gm_f = transform.structured.match ops{{[\"linalg.generic\"]}} in %n_main_f "
+        f": ({a}) -> {a}",
+        f'%lm2_f = transform.get_parent_op %gm_f {{op_name = "scf.for"}} : ({a}) -> {a}',
+        *_peel("%lm2_f", "%m_main_f", "%m_rest_f"),
         f"transform.apply_patterns to %f {{ transform.apply_patterns.canonicalization }} : {a}",
         f"%g_fp = transform.structured.match ops{{[\"linalg.generic\"]}} in %k_full "
         f": ({a}) -> {a}",
