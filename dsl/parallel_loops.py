@@ -18,18 +18,11 @@ setting, which `tdsl.runtime.threads` sets from `TDSL_NUM_THREADS`.
 
 from __future__ import annotations
 
+from tdsl.schedule_ir import nested_ops
+
 PARALLEL_WORK = 1 << 17  # innermost iterations below which a nest stays on one thread
 PARALLEL_IF_ATTR = "tdsl.parallel_if"
 _LOOPS = ("scf.for", "scf.parallel", "scf.forall", "scf.while", "omp.parallel", "omp.wsloop")
-
-
-def _walk(op, found: list) -> None:
-    for region in op.regions:
-        for block in region.blocks:
-            for child in block.operations:
-                if child.operation.name == "scf.parallel":
-                    found.append(child.operation)
-                _walk(child.operation, found)
 
 
 def _nested(op) -> bool:
@@ -68,8 +61,7 @@ def _for_nest(bounds: list[tuple], ivs: list, body_ops: list, at) -> None:
 def outer_parallel_loops(module) -> int:
     """Keep one parallel dimension per loop nest (see the module doc) and tag its threshold
     test; return the number of parallel loops left."""
-    found: list = []
-    _walk(module.operation, found)
+    found = nested_ops(module.operation, "scf.parallel")
     kept = 0
     for par in reversed(found):  # inner loops first: the work estimate sees them as scf.for
         seg = _segments(par)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tdsl.codegen.pycall import native_wrapper
-from tdsl.schedule_ir import any_through_unit
+from tdsl.schedule_ir import any_through_unit, nested_ops
 from tdsl.schedules import apply_schedule, lower_vectors, strip_schedules
 
 if TYPE_CHECKING:
@@ -285,18 +285,7 @@ def copies_to_linalg(module) -> None:
     from mlir import ir
     from mlir.dialects import linalg
 
-    copies = []
-
-    def collect(op) -> None:
-        for region in op.regions:
-            for block in region.blocks:
-                for child in block.operations:
-                    if child.operation.name == "memref.copy":
-                        copies.append(child)
-                    collect(child.operation)
-
-    collect(module.operation)
-    for op in copies:
+    for op in nested_ops(module.operation, "memref.copy"):
         source, target = op.operands[0], op.operands[1]
         with ir.InsertionPoint(op), op.location:
             linalg.copy(source, outs=[target])

@@ -97,6 +97,18 @@ def kernel_function(module, symbol: str):
     return None
 
 
+def nested_ops(op, name: str) -> list:
+    """Every op called `name` nested in `op` (at any depth), in program order."""
+    found = []
+    for region in op.regions:
+        for block in region.blocks:
+            for child in block.operations:
+                if child.operation.name == name:
+                    found.append(child.operation)
+                found += nested_ops(child.operation, name)
+    return found
+
+
 def linalg_ops(func) -> list:
     ops = []
 

@@ -53,9 +53,10 @@ unpacked tiles there). Without it a row of `o` was loaded and stored at every st
 Versioned like the contractions.
 
 Tile sizes come from the host's vector width (`MR x NR` = 6 x 2 vectors with 16 vector
-registers, 8 x 2 with 32) and cache sizes (`KC` = 256, `MC` = 12 `MR`, `NC` = 256). They are
+registers, 8 x 2 with 32) and the host's caches (`contraction_tiles`: `KC` from L1, 256 for
+f32 with 32 KiB; `MC` = 12 `MR`; `NC` from this core's share of L3, at most 1024). They are
 constants, never derived from the (dynamic) problem size, so the compile time does not depend
-on it: about 3 copies of the contraction body are compiled.
+on it: a matmul compiles five vectorized copies of the 6 x 16 tile (main and edge tiles).
 
 Split reductions (`split`, `tdsl.schedule_rows`): a reduction to a scalar (rank-0 result:
 `sum[i](x[i])`, a dot product, a max over a matrix) has no parallel loop for the threads stage.
@@ -98,6 +99,7 @@ from tdsl.schedule_ir import (
     kernel_function,
     linalg_info,
     linalg_ops,
+    nested_ops,
     tileable,
 )
 from tdsl.schedule_rows import (  # noqa: F401 - ROW_FUSION_MAX_OPS: a knob
@@ -254,17 +256,6 @@ def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
     return Plan("rows", script)
 
 
-def _walk(op, name: str, found: list) -> list:
-    """Every op called `name` nested in `op`, in order."""
-    for region in op.regions:
-        for block in region.blocks:
-            for child in block.operations:
-                if child.operation.name == name:
-                    found.append(child.operation)
-                _walk(child.operation, name, found)
-    return found
-
-
 def _only_use(value):
     """(the op, the operand number) of the single use of `value`, or None."""
     uses = list(value.uses)
@@ -281,7 +272,7 @@ def pack_in_place(module) -> None:
     from mlir import ir
     from mlir.dialects import tensor
 
-    for alloc in _walk(module.operation, "bufferization.alloc_tensor", []):
+    for alloc in nested_ops(module.operation, "bufferization.alloc_tensor"):
         if len(alloc.operands) or (copy := _only_use(alloc.result)) is None:
             continue
         owner, number = copy
