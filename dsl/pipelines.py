@@ -30,7 +30,12 @@ from typing import TYPE_CHECKING
 
 from tdsl.codegen.pycall import native_wrapper
 from tdsl.schedule_ir import any_through_unit, nested_ops
-from tdsl.schedules import apply_schedule, lower_vectors, strip_schedules
+from tdsl.schedules import (
+    apply_schedule,
+    bound_packed_k_loops,
+    lower_vectors,
+    strip_schedules,
+)
 
 if TYPE_CHECKING:
     from tdsl.checked import Kernel
@@ -230,6 +235,7 @@ def _run_mlir(text: str, name: str, stages: Sequence[str], wanted: set[str],
                 any_through_unit(module, func_symbol(name))  # after: it reads the versions
             if stage_name == "bufferized":
                 copies_to_linalg(module)
+                bound_packed_k_loops(module)
             if stage_name == "loops":
                 from tdsl.parallel_loops import outer_parallel_loops
 

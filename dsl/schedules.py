@@ -81,6 +81,7 @@ import re
 from dataclasses import dataclass
 
 from tdsl.schedule_contraction import (  # noqa: F401 - ContractionTiles: the tile scan's
+    KC_LOOP,
     ContractionTiles,
     alone,
     contraction_script,
@@ -260,6 +261,74 @@ def _only_use(value):
     """(the op, the operand number) of the single use of `value`, or None."""
     uses = list(value.uses)
     return (uses[0].owner, uses[0].operand_number) if len(uses) == 1 else None
+
+
+def _constant(value) -> int | None:
+    """The value of an index / integer `arith.constant`, else None."""
+    from mlir import ir
+
+    owner = value.owner
+    if not isinstance(owner, ir.Operation | ir.OpView) or owner.name != "arith.constant":
+        return None
+    attr = owner.attributes["value"]
+    return attr.value if isinstance(attr, ir.IntegerAttr) else None
+
+
+def bound_packed_k_loops(module) -> None:
+    """In each pc loop of a packed contraction (marked `KC_LOOP` by its schedule, stepping KC
+    through k), let the micro-kernels' k loops (`0 .. KC`, carrying the vector accumulators)
+    run only this block's `min(KC, K - k)` steps, and drop the zero-fill of every packed
+    panel whose copy covers it but along k. The packed panels are padded with zeros to KC
+    along k, so the steps skipped added zeros: the last block of a K that is not a multiple
+    of KC (or all of a K below KC) is computed no further than K, and the full panels are
+    written once, not zero-filled first. The edge panels (past the last row of A or column
+    of B) keep their fill: their zeros meet only lanes that are never stored, but stale
+    values there could be denormals or NaNs, slow on some CPUs."""
+    from mlir import ir
+    from mlir.dialects import arith
+
+    for kc_loop in nested_ops(module.operation, "scf.for"):
+        if KC_LOOP not in kc_loop.attributes:
+            continue
+        del kc_loop.attributes[KC_LOOP]
+        kc = _constant(kc_loop.operands[2])
+        if kc is None:
+            continue
+        body = kc_loop.regions[0].blocks[0]
+        with ir.InsertionPoint.at_block_begin(body), kc_loop.location:
+            left = arith.subi(kc_loop.operands[1], body.arguments[0])
+            steps = arith.minsi(kc_loop.operands[2], left)
+        for loop in nested_ops(kc_loop, "scf.for"):
+            bounds = [_constant(v) for v in loop.operands[:3]]
+            carries_vectors = any(isinstance(r.type, ir.VectorType) for r in loop.results)
+            if bounds == [0, kc, 1] and carries_vectors:
+                loop.operands[1] = steps
+        for fill in nested_ops(kc_loop, "linalg.fill"):
+            if _fill_covered_but_along_k(fill, kc):
+                fill.erase()
+
+
+def _fill_covered_but_along_k(fill, kc: int) -> bool:
+    """Whether `fill` zero-fills a packed panel (the one dim of extent `kc` is k) that the
+    copy right after it covers in every other dim."""
+    from mlir import ir
+
+    panel = fill.operands[-1]
+    shape = ir.MemRefType(panel.type).shape
+    k_dims = [d for d, extent in enumerate(shape) if extent == kc]
+    if len(k_dims) != 1:
+        return False
+    for use in panel.uses:
+        view = use.owner
+        if view.name != "memref.subview" or len(view.results) != 1:
+            continue
+        copy = _only_use(view.results[0])
+        if copy is None or copy[0].name != "linalg.copy" or copy[1] != 1:
+            continue
+        copied = ir.MemRefType(view.results[0].type).shape
+        return len(copied) == len(shape) and all(
+            copied[d] == shape[d] for d in range(len(shape)) if d != k_dims[0])
+    return False
 
 
 def pack_in_place(module) -> None:

@@ -375,7 +375,8 @@ def test_epilogues_against_reference(kernel, t):
 
 
 @pytest.mark.parametrize("shape", [(300, 513, 270), (72, 256, 256), (73, 260, 17),
-                                   (13, 300, 1043), (151, 530, 2100)])
+                                   (13, 300, 1043), (151, 530, 2100), (9, 1, 33), (40, 255, 16),
+                                   (6, 257, 31)])
 def test_matmul_across_cache_tiles(shape):
     """Sizes that cross the KC, MC and NC blocks (NC is at most 1024 columns), with partial
     register tiles at every edge: the zero-padded packed panels must not leak into C."""
@@ -401,6 +402,38 @@ def test_contractions_on_strided_views(kernel):
         a, b = args
         at, bt = np.asfortranarray(a), np.asfortranarray(b)
         check(cpu.matmul(at, bt), ref.matmul(a, b), "f32")
+
+
+def test_packed_contractions_have_one_micro_kernel():
+    """The packed schedule peels nothing but its packing loops: every register tile, the
+    edges too (C read and written under a mask), runs one MR x NR micro-kernel, whose k loop
+    runs `min(KC, K - k)` steps after bufferization (`bound_packed_k_loops`)."""
+    assert _unit_ir(MATMUL, "matmul").count(MAIN_TILE) == 1
+    program = check_source(MATMUL.format(t="f32"), "<kc>")
+    kernel = next(k for k in program.kernels if k.name == "matmul")
+    bufferized = run_pipeline(kernel, until="bufferized", keep=["bufferized"]).ir["bufferized"]
+    assert "arith.minsi" in bufferized and "tdsl.kc_loop" not in bufferized
+
+
+STATIC_K = """
+kernel mm64(A: f32[M, 64], B: f32[64, N]) -> (C: f32[M, N]) {
+    C[m, n] = sum[k](A[m, k] * B[k, n])
+}
+kernel mm300(A: f32[M, 300], B: f32[300, 16]) -> (C: f32[M, 16]) {
+    C[m, n] = sum[k](A[m, k] * B[k, n])
+}
+"""
+
+
+@pytest.mark.parametrize("m, n", [(1, 1), (7, 17), (80, 16), (131, 45)])
+def test_matmul_with_a_literal_k(m, n):
+    """A literal K below KC (static panels whose fill the k bound makes dead) and above it
+    (a partial last block), against numpy."""
+    cpu = tdsl.loads(STATIC_K)
+    a, b = rand((m, 64), "f32"), rand((64, n), "f32")
+    check(cpu.mm64(a, b), a.astype(np.float64) @ b.astype(np.float64), "f32")
+    a, b = rand((m, 300), "f32"), rand((300, 16), "f32")
+    check(cpu.mm300(a, b), a.astype(np.float64) @ b.astype(np.float64), "f32")
 
 
 def test_contraction_compile_time_budget():
