@@ -7,7 +7,7 @@ CPU stages (each prints as `tdsl compile FILE --emit STAGE`):
 | `mlir`         | linalg on tensors                        | `tdsl.to_mlir.kernel_to_mlir`       |
 | `vector-math`  | transcendentals as branch-free arith     | `tdsl.vector_math_pass`             |
 | `fused`        | canonicalized, elementwise ops fused     | MLIR passes                         |
-| `bufferized`   | linalg on memrefs, temporaries freed     | MLIR passes                         |
+| `bufferized`   | linalg on memrefs, temporaries freed     | MLIR passes, `bound_packed_k_loops` |
 | `loops`        | scf loops; outermost parallel kept       | MLIR passes, `tdsl.parallel_loops`  |
 | `openmp`       | omp.parallel with a work threshold       | MLIR pass, `tdsl.parallel_loops`    |
 | `llvm-dialect` | the LLVM dialect                         | MLIR passes, then `noalias` args    |
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from tdsl.codegen.pycall import native_wrapper
 from tdsl.schedule_ir import any_through_unit, nested_ops
 from tdsl.schedules import (
+    accumulate_from_zero,
     apply_schedule,
     bound_packed_k_loops,
     lower_vectors,
@@ -64,7 +65,8 @@ CPU_STAGES: tuple[Stage, ...] = (
           "shown as @tdsl_schedule",
           ("canonicalize", "cse", "func.func(linalg-fuse-elementwise-ops)", "canonicalize",
            "cse")),
-    Stage("bufferized", "linalg on memrefs; temporaries allocated and freed",
+    Stage("bufferized", "linalg on memrefs; temporaries allocated and freed; packed "
+          "contractions' k loops bounded by K (tdsl.schedules.bound_packed_k_loops)",
           ("eliminate-empty-tensors", "one-shot-bufferize", "canonicalize", "cse",
            "func.func(buffer-loop-hoisting)",
            "func.func(promote-buffers-to-stack{max-alloc-size-in-bytes=512})",
@@ -236,6 +238,7 @@ def _run_mlir(text: str, name: str, stages: Sequence[str], wanted: set[str],
             if stage_name == "bufferized":
                 copies_to_linalg(module)
                 bound_packed_k_loops(module)
+                accumulate_from_zero(module)
             if stage_name == "loops":
                 from tdsl.parallel_loops import outer_parallel_loops
 

@@ -22,15 +22,17 @@ Contractions (`contraction`, `tdsl.schedule_contraction`): a generic
 tensor by `transpose_b_operands`, since the NR-wide vectors of B must be plain loads; batched
 products that are the kernel's only op get a batch loop around it all) is interchanged to (m, n, k),
 its rows split into one `scf.forall` chunk per core (threads) and tiled the way BLIS does: NC
-columns (its `fill` fused in), KC slices of k (full blocks packed, see below), MC rows, then
-`NR x MR x 1` register tiles; the column and row loops are peeled so the main tiles have
-static shapes. The A and B slices of the main tiles are packed: padded without folding (a
-copy) and the copies hoisted out of the register loops (`hoist_pad`), so B's KC x NR panels
-are copied once per (NC, KC) block into a contiguous buffer, A's MR x KC panels once per
-(MC, KC) block (no 4 KiB-stride cache aliasing, prefetchable streams). The tile is
-vectorized (`vector.contract`) and its accumulators hoisted out of the `k` loop
-(`hoist_loop_invariant_subsets`: kept in registers). Remainder tiles stay as loops
-(interchanged back to `m, k, n` so LLVM vectorizes their rows). Vector
+columns (its `fill` fused in), KC slices of k, MC rows, then `NR x MR x 1` register tiles. The
+A and B slices of every tile are packed: padded to static shapes without folding (a copy, zero
+past the edges) and the copies hoisted out of the register loops (`hoist_pad`), so B's KC x NR
+panels are copied once per (NC, KC) block into a contiguous buffer, A's MR x KC panels once per
+(MC, KC) block (no 4 KiB-stride cache aliasing, prefetchable streams). The tile is vectorized
+(`vector.contract`) and its accumulators hoisted out of the `k` loop
+(`hoist_loop_invariant_subsets`: kept in registers). Nothing but the packing loops is peeled:
+C's padding at the edges folds into masked reads and writes (`pad_vectorization`), so one
+micro-kernel serves every tile. After bufferization, `bound_packed_k_loops` runs each
+micro-kernel for the block's `min(KC, K - k)` steps only (the panels are zero-padded to KC),
+from zero accumulators added to C after the loop (C's tile prefetched before it). Vector
 loads need a unit innermost stride, so such kernels are versioned: `@tdsl_k_<name>` checks the
 innermost strides at run time and calls `_unit` (scheduled, memrefs `strided<[?, 1]>`) or
 `_any`: the plain loops, or, where copies are fewer loop nests than the kernel's own
@@ -56,7 +58,7 @@ Tile sizes come from the host's vector width (`MR x NR` = 6 x 2 vectors with 16 
 registers, 8 x 2 with 32) and the host's caches (`contraction_tiles`: `KC` from L1, 256 for
 f32 with 32 KiB; `MC` = 12 `MR`; `NC` from this core's share of L3, at most 1024). They are
 constants, never derived from the (dynamic) problem size, so the compile time does not depend
-on it: a matmul compiles five vectorized copies of the 6 x 16 tile (main and edge tiles).
+on it: a matmul compiles one vectorized copy of the 6 x 16 tile (0.5-0.9 s in all).
 
 Split reductions (`split`, `tdsl.schedule_rows`): a reduction to a scalar (rank-0 result:
 `sum[i](x[i])`, a dot product, a max over a matrix) has no parallel loop for the threads stage.
@@ -277,8 +279,7 @@ def _constant(value) -> int | None:
 def bound_packed_k_loops(module) -> None:
     """In each pc loop of a packed contraction (marked `KC_LOOP` by its schedule, stepping KC
     through k), let the micro-kernels' k loops (`0 .. KC`, carrying the vector accumulators)
-    run only this block's `min(KC, K - k)` steps (from zero accumulators, added to C after the
-    loop: `_accumulate_from_zero`), and drop the zero-fill of every packed
+    run only this block's `min(KC, K - k)` steps, and drop the zero-fill of every packed
     panel whose copy covers it but along k. The packed panels are padded with zeros to KC
     along k, so the steps skipped added zeros: the last block of a K that is not a multiple
     of KC (or all of a K below KC) is computed no further than K, and the full panels are
@@ -304,53 +305,95 @@ def bound_packed_k_loops(module) -> None:
             carries_vectors = any(isinstance(r.type, ir.VectorType) for r in loop.results)
             if bounds == [0, kc, 1] and carries_vectors:
                 loop.operands[1] = steps
-                _accumulate_from_zero(loop)
         for fill in nested_ops(kc_loop, "linalg.fill"):
             if _fill_covered_but_along_k(fill, kc):
                 fill.erase()
 
 
-def _accumulate_from_zero(loop) -> None:
-    """Let a micro-kernel's k `loop` start its accumulators at zero and add them to the C
-    tile after the loop, the tile's rows prefetched before it: C's tile, read before the loop,
-    made every tile wait for C's cache misses (12 % of a 2048^3 product) before its first
-    FMA. Summing the tile's products before adding them to C reassociates the sum over k,
-    which the language allows."""
+def accumulate_from_zero(module) -> None:
+    """Let every register tile's k loop (an `scf.for` whose one result is the vector
+    accumulator of a `vector.contract`, read from C's tile before the loop and written back
+    after it) start from zero accumulators and add them to C's tile after the loop, the tile's
+    rows prefetched before it. Reading C's tile first made each tile wait for C's cache misses
+    (12 % of a 2048^3 product) before its first FMA. Summing the tile's products before adding
+    them to C reassociates the sum over k, which the language allows."""
+    for loop in nested_ops(module.operation, "scf.for"):
+        tile = _accumulator_tile(loop)
+        if tile is not None:
+            _accumulate_from_zero(loop, *tile)
+
+
+def _accumulator_tile(loop):
+    """(the read, the write) of C's tile around a register tile's k `loop`, else None."""
     from mlir import ir
-    from mlir.dialects import arith, memref
 
     if len(loop.results) != 1 or len(loop.operands) != 4:
-        return
-    read = loop.operands[3].owner
-    uses = list(loop.results[0].uses)
+        return None
+    if not isinstance(loop.results[0].type, ir.VectorType):
+        return None
+    read, uses = loop.operands[3].owner, list(loop.results[0].uses)
     if not isinstance(read, ir.Operation | ir.OpView) or read.name != "vector.transfer_read":
-        return
+        return None
     if len(uses) != 1 or uses[0].owner.name != "vector.transfer_write":
-        return
-    write, tile = uses[0].owner, read.operands[0]
-    if write.operands[1] != tile or len(list(read.results[0].uses)) != 1:
-        return
+        return None
+    write = uses[0].owner
+    same_place = list(write.operands)[1:] == list(read.operands)[:len(write.operands) - 1]
+    if not same_place or len(list(read.results[0].uses)) != 1:
+        return None
+    body = loop.regions[0].blocks[0]
+    last = list(body.operations)[-1]
+    product = last.operands[0].owner if len(last.operands) == 1 else None
+    if not isinstance(product, ir.Operation | ir.OpView) or product.name != "vector.contract":
+        return None
+    return (read, write) if product.operands[2] == body.arguments[1] else None
+
+
+def _accumulate_from_zero(loop, read, write) -> None:
+    """Start `loop` from zero accumulators; `read` C's tile after it and add them."""
+    from mlir import ir
+    from mlir.dialects import arith
+
     vector_type = ir.VectorType(loop.results[0].type)
-    rows, cols = vector_type.shape if len(vector_type.shape) == 2 else (0, 0)
+    tile = read.operands[0]
     with ir.InsertionPoint(loop), loop.location:
         zero = arith.constant(vector_type, ir.DenseElementsAttr.get_splat(
             vector_type, ir.FloatAttr.get(vector_type.element_type, 0.0)))
-        if rows:
-            index = ir.IndexType.get()
-            one = arith.constant(index, 1)
-            last_row = arith.subi(memref.dim(tile, arith.constant(index, 0)), one)
-            last_col = arith.subi(memref.dim(tile, one), one)
-            for r in range(rows):
-                row = arith.minsi(arith.constant(index, r), last_row)
-                for c in sorted({0, cols - 1}):
-                    col = arith.minsi(arith.constant(index, c), last_col)
-                    memref.prefetch(tile, [row, col], is_write=False, locality_hint=3,
-                                    is_data_cache=True)
+        if _worth_prefetching(tile):
+            _prefetch_rows(tile, vector_type)
     loop.operands[3] = zero
     read.move_before(write)
     with ir.InsertionPoint(write), write.location:
         total = arith.addf(read.results[0], loop.results[0])
     write.operands[0] = total
+
+
+def _worth_prefetching(tile) -> bool:
+    """A 2-D tile of memory other than the stack (a padded edge tile lives in an alloca)."""
+    from mlir import ir
+
+    owner = tile.owner
+    stack = isinstance(owner, ir.Operation | ir.OpView) and owner.name == "memref.alloca"
+    return not stack and ir.MemRefType(tile.type).rank == 2
+
+
+def _prefetch_rows(tile, vector_type) -> None:
+    """Prefetch the first and last element of each row of a register tile of `tile` (clamped to
+    its rows and columns: a tile at the edge of C is smaller)."""
+    from mlir import ir
+    from mlir.dialects import arith, memref
+
+    shape = vector_type.shape
+    rows, cols = (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
+    index = ir.IndexType.get()
+    one = arith.constant(index, 1)
+    last_row = arith.subi(memref.dim(tile, arith.constant(index, 0)), one)
+    last_col = arith.subi(memref.dim(tile, one), one)
+    for r in range(rows):
+        row = arith.minsi(arith.constant(index, r), last_row)
+        for c in sorted({0, cols - 1}):
+            col = arith.minsi(arith.constant(index, c), last_col)
+            memref.prefetch(tile, [row, col], is_write=False, locality_hint=3,
+                            is_data_cache=True)
 
 
 def _fill_covered_but_along_k(fill, kc: int) -> bool:

@@ -439,9 +439,9 @@ def test_matmul_with_a_literal_k(m, n):
 def test_contraction_compile_time_budget():
     """A contraction kernel compiles (MLIR, LLVM O3, machine code) in under 3 s of CPU time: a
     guard against tiles that explode the code (a bad choice once took 156 s). The target,
-    1 s, is measured by bench/compile.py on an idle machine (matmul: about 1.1 s of CPU time
-    here since its edge tiles run the micro-kernel too; 2.1 s was seen with the suite's two
-    workers and a fuzzer sharing the 2 cores)."""
+    1 s, is measured by bench/compile.py on an idle machine (matmul: 0.5-0.9 s here with its
+    one micro-kernel; 2.1 s was seen with the suite's two workers and a fuzzer sharing the 2
+    cores when it had six)."""
     program = check_source(MATMUL.format(t="f32"), "<budget>")
     kernel = next(k for k in program.kernels if k.name == "matmul")
     compile_kernel(kernel)  # warm: imports, the MLIR context, LLVM's target
