@@ -21,6 +21,9 @@ class ContractionTiles:
     nr: int
 
 
+ROW_BLOCK = 24
+"""Rows per block of `fused_products_script` (4 register tiles of 6 rows)."""
+
 KC_LOOP = "tdsl.kc_loop"
 """The attribute marking a packed contraction's pc loop (`bound_packed_k_loops`)."""
 
@@ -411,6 +414,52 @@ def _hoist_accumulators(name: str) -> list[str]:
             f"transform.loop.hoist_loop_invariant_subsets {name} : {for_op}"]
 
 
+def fused_products_script(func_symbol: str, n_ops: int,
+                          targets: list[tuple[int, tuple[int, ...]]], tiles: ContractionTiles,
+                          elems: list[str], rows: int, outside: set[int]) -> str:
+    """The transform script of an attention-like kernel: products (`targets`, as for
+    `inner_contractions_script`) among row-local ops, whose root has `rows` leading loops. The
+    root is tiled into one `scf.forall` iteration per block of `ROW_BLOCK` rows (one of each
+    earlier leading loop: a head), and every op but those in `outside` (transposes, the fills
+    only they read, scalars) is fused into it, so that a block's scores, maxima, exponentials
+    and sums are computed right before they are used and stay in cache (before, each op was
+    its own loop nest over the whole `H x T x T` score tensor). Each product gets its fusion
+    once: canonicalization and CSE merge the slices its consumers read before it is fused, and
+    the products, marked `tdsl.product_c<i>` first, are found again by that attribute. Then
+    the register tiles of `inner_contractions_script`."""
+    a = "!transform.any_op"
+    batched = any(len(mnk) == 4 for _, mnk in targets)
+    lines = [*_linalg_handles(func_symbol, n_ops), *_tiled_transposes(batched)]
+    handle = {i: f"%p{i}" for i in range(n_ops)}
+    for index, mnk in targets:
+        lines += [f"%x_c{index} = transform.structured.interchange %p{index} "
+                  f"iterator_interchange = [{', '.join(str(d) for d in mnk)}] : ({a}) -> {a}",
+                  f'transform.annotate %x_c{index} "tdsl.product_c{index}" : {a}']
+        handle[index] = f"%x_c{index}"
+    tidy = [f"transform.apply_patterns to %f {{ transform.apply_patterns.canonicalization }} "
+            f": {a}", f"transform.apply_cse to %f : {a}"]
+    lines.append(f"%blocks_op, %blocks = transform.structured.tile_using_forall "
+                 f"{handle[n_ops - 1]} tile_sizes {[1] * (rows - 1) + [ROW_BLOCK]} "
+                 f": ({a}) -> ({a}, {a})")
+    container = "%blocks"
+    for i in reversed(range(n_ops - 1)):
+        if i in outside:
+            continue
+        lines += [*tidy, f"%fused{i}, %in{i} = transform.structured.fuse_into_containing_op "
+                         f"{handle[i]} into {container} : ({a}, {a}) -> ({a}, {a})"]
+        container = f"%in{i}"
+    lines += tidy
+    tags = []
+    for n, (index, mnk) in enumerate(targets):
+        tag = f"c{index}"
+        ts = functools.partial(_tile_sizes, len(mnk) == 4)
+        lines.append(f"%product_{tag} = transform.structured.match "
+                     f"attributes{{tdsl.product_{tag}}} in %f : ({a}) -> {a}")
+        lines += _register_tiles(f"%product_{tag}", tag, tiles, ts, f"0.0 : {elems[n]}")
+        tags.append(tag)
+    return sequence(lines + _vectorized_register_tiles(tags, batched))
+
+
 def inner_contractions_script(func_symbol: str, n_ops: int,
                               targets: list[tuple[int, tuple[int, ...]]],
                               tiles: ContractionTiles, cores: int, elems: list[str]) -> str:
@@ -442,6 +491,14 @@ def inner_contractions_script(func_symbol: str, n_ops: int,
             op = f"%b_{tag}"
         lines += _register_tiles(op, tag, tiles, ts, f"0.0 : {elems[len(tags)]}")
         tags.append(tag)
+    return sequence(lines + _vectorized_register_tiles(tags, batched))
+
+
+def _vectorized_register_tiles(tags: list[str], batched: bool) -> list[str]:
+    """The register tiles of `_register_tiles` (one `tag` per product) tiled by one step of k,
+    vectorized, and folded into `vector.contract`s with their accumulators in registers."""
+    a = "!transform.any_op"
+    lines = []
     if batched:  # the batch loop's unit dim goes before the register tiles become vectors
         lines.append(f"transform.apply_patterns to %f {{ "
                      f"transform.apply_patterns.linalg.fold_unit_extent_dims_via_slices }} : {a}")
@@ -453,5 +510,4 @@ def inner_contractions_script(func_symbol: str, n_ops: int,
                  f" : {a}")
     lines += [f"transform.structured.vectorize %{t}_{tag} : {a}" for tag in tags
               for t in ("tile", "r1", "edge")]
-    lines += _vectors_to_contractions()
-    return sequence(lines)
+    return lines + _vectors_to_contractions()

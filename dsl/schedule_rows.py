@@ -11,11 +11,11 @@ from tdsl.schedule_ir import Host, LinalgInfo, sequence, users
 ROW_FUSION_MAX_OPS = 8
 
 
-def row_plan(infos: list[LinalgInfo]) -> int:
+def row_plan(infos: list[LinalgInfo], max_ops: int = ROW_FUSION_MAX_OPS) -> int:
     """The number `t` of leading result dimensions to tile row by row (0: no fusion)."""
     if len([i for i in infos if i.name == "linalg.generic"]) < 2:
         return 0
-    if len(infos) > ROW_FUSION_MAX_OPS:
+    if len(infos) > max_ops:
         return 0
     root = infos[-1]
     if root.name != "linalg.generic":

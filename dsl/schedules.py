@@ -52,7 +52,12 @@ vector registers across `k`. No packing and no cache blocks, which tripled atten
 time (with a head width of 64, `k` fits in one KC block anyway, so the packed schedule ran
 unpacked tiles there). Without it a row of `o` was loaded and stored at every step of `j`
 (`p @ v`) and every element of `s` was a dot product ending in a horizontal sum (`q @ k.T`).
-Versioned like the contractions.
+Versioned like the contractions. When the other ops are row-local (attention: every
+intermediate indexed by the root's leading loops, transposes and scalars aside), the kernel is
+fused block by block first (`blocks`, `schedule_contraction.fused_products_script`): one
+`scf.forall` iteration per block of `ROW_BLOCK` rows of one head, every op but the transposes
+fused into it, so that a block's scores, maxima, exponentials and sums stay in cache between
+the two products (mha_causal H4 T512 D64: 15 % faster than one loop nest per op).
 
 Tile sizes come from the host's vector width (`MR x NR` = 6 x 2 vectors with 16 vector
 registers, 8 x 2 with 32) and the host's caches (`contraction_tiles`: `KC` from L1, 256 for
@@ -89,6 +94,7 @@ from tdsl.schedule_contraction import (  # noqa: F401 - ContractionTiles: the ti
     contraction_script,
     contraction_tiles,
     epilogue,
+    fused_products_script,
     has_transposed_b,
     inner_contractions_script,
     is_batched_contraction,
@@ -98,12 +104,14 @@ from tdsl.schedule_contraction import (  # noqa: F401 - ContractionTiles: the ti
 from tdsl.schedule_ir import (
     SCHEDULE_NAME,
     Host,
+    LinalgInfo,
     host,
     kernel_function,
     linalg_info,
     linalg_ops,
     nested_ops,
     tileable,
+    users,
 )
 from tdsl.schedule_rows import (  # noqa: F401 - ROW_FUSION_MAX_OPS: a knob
     ROW_FUSION_MAX_OPS,
@@ -211,7 +219,7 @@ def versioned_text(func, symbol: str) -> str:
 class Plan:
     """What `plan_schedule` decided: the kind, the payload functions and the script."""
 
-    kind: str  # "rows" | "contraction" | "inner" | "split"
+    kind: str  # "rows" | "contraction" | "blocks" | "inner" | "split"
     script: str
     versioned: bool = False
 
@@ -244,6 +252,11 @@ def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
         tiles = contraction_tiles(h, infos[products[0][0]].elem_bits)
         tiled = products[:INNER_MAX_PRODUCTS]
         elems = [f"f{infos[index].elem_bits}" for index, _ in tiled]
+        outside = _outside_blocks(infos)
+        rows = row_plan([info for i, info in enumerate(infos) if i not in outside], len(infos))
+        if rows:
+            return Plan("blocks", fused_products_script(symbol + _UNIT, len(infos), tiled, tiles,
+                                                        elems, rows, outside), versioned=True)
         return Plan("inner", inner_contractions_script(symbol + _UNIT, len(infos), tiled,
                                                        tiles, h.cores, elems), versioned=True)
     if not t:
@@ -257,6 +270,19 @@ def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
     tiled = tuple(d for d in root.maps[-1][:t])
     script = rows_script(symbol, len(infos), len(root.iterators), tiled, h.cores)
     return Plan("rows", script)
+
+
+def _outside_blocks(infos: list[LinalgInfo]) -> set[int]:
+    """The ops that stay out of the row blocks of `fused_products_script`: transposes (each
+    reads a whole operand), the fills only they read, and rank-0 ops (scalars computed once)."""
+    outside = set()
+    for i, info in enumerate(infos):
+        readers = users(info.op.operation.results[0])
+        only_transposed = bool(readers) and all(r.name == "linalg.transpose" for r in readers)
+        if (info.name == "linalg.transpose" or not info.maps[-1]
+                or info.name == "linalg.fill" and only_transposed):
+            outside.add(i)
+    return outside
 
 
 def _only_use(value):

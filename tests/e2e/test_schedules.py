@@ -14,7 +14,6 @@ import tdsl
 from tdsl.check import check_source
 from tdsl.pipelines import run_pipeline
 from tdsl.runtime.cpu import compile_kernel
-from tdsl.schedule_ir import host
 
 RNG = np.random.default_rng(7)
 SIZES = [1, 7, 33, 257]
@@ -183,14 +182,17 @@ kernel cross(q: {t}[T, D], k: {t}[S, D], v: {t}[S, E]) -> (o: {t}[T, E]) {{
 MAIN_TILE = "vector<6x1xf32>, vector<1x16xf32>"
 
 
-def test_batched_contractions_inside_attention_get_register_tiles():
-    """Attention's `q @ k.T` (B transposed first) and `p @ v` among the softmax's ops: MR x NR
-    register tiles (`inner_contractions_script`), no packing, each in its own parallel loop."""
+def test_attention_is_fused_in_row_blocks_with_register_tiles():
+    """Attention's `q @ k.T` (B transposed first) and `p @ v` among the softmax's ops: one
+    `scf.forall` of row blocks (`fused_products_script`) holds every op but the transpose,
+    its products in MR x NR register tiles (main and edge tiles), no packing."""
     unit = _unit_ir(MHA, "mha")
     assert unit.count(MAIN_TILE) == 2 * 2 and "hoist_pad" not in _fused_ir(MHA, "mha")
     assert unit.count("linalg.transpose") == 1
-    chunked = 2 if host().cores > 1 else 0  # one parallel loop per product
-    assert unit.count("scf.forall.in_parallel") == 1 + chunked  # + the transpose's tiles
+    assert unit.count("scf.forall.in_parallel") == 2  # the transpose's tiles, the row blocks
+    blocks = unit[unit.rindex("scf.forall ("):]
+    assert "linalg.transpose" not in blocks and blocks.count(MAIN_TILE) == 2 * 2
+    assert "arith.maximumf" in blocks and "arith.divf" in blocks  # the softmax, fused
 
 
 def test_a_chain_of_products_gets_register_tiles_not_packing():

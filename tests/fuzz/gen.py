@@ -452,6 +452,8 @@ class Builder:
             ctx.flags["adds"] = True
             if any(e.mul for e in strong):
                 level = LOOSE  # may be contracted into an fma
+            if level == ULP:  # cancellation: an operand's few ulp are not the difference's
+                level = LOOSE
         if unrounded_in:
             level = LOOSE
         return _mk(text, dtype, (a, b), level, mul=op == "*", unrounded=dtype in LOW)
