@@ -30,13 +30,8 @@ from typing import TYPE_CHECKING
 
 from tdsl.codegen.pycall import native_wrapper
 from tdsl.schedule_ir import any_through_unit, nested_ops
-from tdsl.schedules import (
-    accumulate_from_zero,
-    apply_schedule,
-    bound_packed_k_loops,
-    lower_vectors,
-    strip_schedules,
-)
+from tdsl.schedule_rewrites import accumulate_from_zero, bound_packed_k_loops
+from tdsl.schedules import apply_schedule, lower_vectors, strip_schedules
 
 if TYPE_CHECKING:
     from tdsl.checked import Kernel
@@ -66,7 +61,7 @@ CPU_STAGES: tuple[Stage, ...] = (
           ("canonicalize", "cse", "func.func(linalg-fuse-elementwise-ops)", "canonicalize",
            "cse")),
     Stage("bufferized", "linalg on memrefs; temporaries allocated and freed; packed "
-          "contractions' k loops bounded by K (tdsl.schedules.bound_packed_k_loops)",
+          "contractions' k loops bounded by K (tdsl.schedule_rewrites.bound_packed_k_loops)",
           ("eliminate-empty-tensors", "one-shot-bufferize", "canonicalize", "cse",
            "func.func(buffer-loop-hoisting)",
            "func.func(promote-buffers-to-stack{max-alloc-size-in-bytes=512})",
