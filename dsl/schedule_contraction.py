@@ -262,12 +262,36 @@ def _linalg_handles(func_symbol: str, n_ops: int) -> list[str]:
 
 def _tiled_transposes(batched: bool) -> list[str]:
     """A transposed B (`transpose_b_operands`) is copied in 32 x 32 tiles (cache-friendly), in
-    an `scf.forall` (threads)."""
+    an `scf.forall` (threads), each cut into 8 x 8 tiles (peeled) whose full ones are
+    vectorized: a `vector.transpose` of 8 rows, lowered to shuffles (the scalar 32 x 32 copy
+    took 11 % of a 1024^3 `A @ B.T`; now 4-9 % faster). `transform.foreach` keeps a kernel
+    without a transpose from reaching the ops that need one payload; the full tiles are marked
+    `tdsl.transpose_tile` and vectorized after a canonicalization makes their shapes static."""
     a = "!transform.any_op"
-    return [f'%tr = transform.structured.match ops{{["linalg.transpose"]}} in %f '
-            f": ({a}) -> {a}",
-            f"%tr_tiled, %tr_loops = transform.structured.tile_using_forall %tr tile_sizes "
-            f"{_tile_sizes(batched, b=1, m=32, n=32)} : ({a}) -> ({a}, {a})"]
+    lines = [f'%tr = transform.structured.match ops{{["linalg.transpose"]}} in %f '
+             f": ({a}) -> {a}",
+             f"%tr_tiled, %tr_loops = transform.structured.tile_using_forall %tr tile_sizes "
+             f"{_tile_sizes(batched, b=1, m=32, n=32)} : ({a}) -> ({a}, {a})"]
+    sizes = "[0, 8, 8]" if batched else "[8, 8]"
+    return lines + [
+        f"transform.foreach %tr_tiled : {a} {{",
+        f"^bb0(%one: {a}):",
+        f"  %tr8, %tr_rows, %tr_cols = transform.structured.tile_using_for %one tile_sizes "
+        f"{sizes} : ({a}) -> ({a}, {a}, {a})",
+        *["  " + x for x in _peel("%tr_rows", "%tr_rows_main", "%tr_rows_rest")],
+        f'  %tr_in = transform.structured.match ops{{["linalg.transpose"]}} in %tr_rows_main '
+        f": ({a}) -> {a}",
+        f'  %tr_cols2 = transform.get_parent_op %tr_in {{op_name = "scf.for"}} : ({a}) -> {a}',
+        *["  " + x for x in _peel("%tr_cols2", "%tr_cols_main", "%tr_cols_rest")],
+        f'  %tr_v = transform.structured.match ops{{["linalg.transpose"]}} in %tr_cols_main '
+        f": ({a}) -> {a}",
+        f'  transform.annotate %tr_v "tdsl.transpose_tile" : {a}',
+        "}",
+        f"transform.apply_patterns to %f {{ transform.apply_patterns.canonicalization }} : {a}",
+        f"%tr_tiles = transform.structured.match attributes{{tdsl.transpose_tile}} in %f "
+        f": ({a}) -> {a}",
+        f"transform.structured.vectorize %tr_tiles : {a}",
+    ]
 
 
 def _column_blocks(ts: Callable[..., str], tiles: ContractionTiles, cores: int,
