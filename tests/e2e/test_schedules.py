@@ -469,3 +469,27 @@ def test_negative_index_multipliers_keep_plain_loops():
     x = rand((5, 300), "f32")
     check(cpu.flipsum(x[0]), -x[0, 0], "f32")
     check(cpu.flipsoft(x), np.exp(x[:, ::-1] - x.max(axis=1, keepdims=True)), "f32")
+
+
+def test_index_divisions_keep_plain_loops():
+    """Tiling keeps an indexing map on a tile's local indices, so `x[k / 2]` in a tile at an
+    odd offset read the wrong element: a sum over 17 values split into chunks of 9 and 8 lost
+    a term (fuzz corpus 029). Maps that divide are not scheduled; sums and rows are exact."""
+    source = """
+    kernel halves(x: i32[M, N]) -> (s: i32) {{ s = sum[k: N](x[0, k / 2]) }}
+    kernel rows(x: {t}[B, N]) -> (y: {t}[B, N]) {{
+        m[b]: {t}[B] = max[n: N](x[b / 2, n])
+        y[b, n] = exp(x[b / 2, n] - m[b])
+    }}
+    kernel thirds(x: i32[N]) -> (s: i32) {{ s = sum[k: N](x[(k + 1) / 3]) }}
+    """
+    for kernel in ("halves", "rows", "thirds"):
+        assert "@tdsl_schedule" not in _fused_ir(source, kernel), kernel
+    cpu = tdsl.loads(source.format(t="f32"))
+    for n in (9, 17, 33, 1001):
+        x = RNG.integers(-1000, 1000, size=(2, n), dtype=np.int32)
+        assert int(cpu.halves(x)) == sum(int(x[0, k // 2]) for k in range(n))
+        assert int(cpu.thirds(x[0])) == sum(int(x[0, (k + 1) // 3]) for k in range(n))
+    x = rand((13, 300), "f32")
+    half = x[np.arange(13) // 2]
+    check(cpu.rows(x), np.exp(half - half.max(axis=1, keepdims=True)), "f32")
