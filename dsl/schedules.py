@@ -43,7 +43,7 @@ root instead: its rows are the per-core chunks and its columns the NC loop, the 
 fill fused into both, so each NC block of the product is finished while in cache and no
 temporary of the whole product is allocated.
 
-Contractions inside a larger kernel (`inner`, `schedule_contraction.inner_contractions_script`):
+Contractions inside a larger kernel (`inner`, `schedule_inner.inner_contractions_script`):
 a chain of two or more products (attention's `q @ k.T` and `p @ v`, 2-D or batched; at most
 `INNER_MAX_PRODUCTS`), or a batched product among other ops that row-wise fusion does not take,
 gets register tiles only: interchanged to (batch, m, n, k), its first loop split into one
@@ -54,7 +54,7 @@ unpacked tiles there). Without it a row of `o` was loaded and stored at every st
 (`p @ v`) and every element of `s` was a dot product ending in a horizontal sum (`q @ k.T`).
 Versioned like the contractions. When the other ops are row-local (attention: every
 intermediate indexed by the root's leading loops, transposes and scalars aside), the kernel is
-fused block by block first (`blocks`, `schedule_contraction.fused_products_script`): one
+fused block by block first (`blocks`, `schedule_inner.fused_products_script`): one
 `scf.forall` iteration per block of `ROW_BLOCK` rows of one head, every op but the transposes
 fused into it, so that a block's scores, maxima, exponentials and sums stay in cache between
 the two products (mha_causal H4 T512 D64: 15 % faster than one loop nest per op).
@@ -93,13 +93,12 @@ from tdsl.schedule_contraction import (  # noqa: F401 - ContractionTiles: the ti
     contraction_script,
     contraction_tiles,
     epilogue,
-    fused_products_script,
     has_transposed_b,
-    inner_contractions_script,
     is_batched_contraction,
     is_contraction,
     transpose_b_operands,
 )
+from tdsl.schedule_inner import fused_products_script, inner_contractions_script
 from tdsl.schedule_ir import (
     SCHEDULE_NAME,
     Host,
