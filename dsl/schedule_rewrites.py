@@ -10,7 +10,7 @@ from tdsl.schedule_contraction import KC_LOOP
 from tdsl.schedule_ir import nested_ops
 
 
-def _only_use(value):
+def _only_use(value) -> tuple | None:
     """(the op, the operand number) of the single use of `value`, or None."""
     uses = list(value.uses)
     return (uses[0].owner, uses[0].operand_number) if len(uses) == 1 else None
@@ -74,7 +74,7 @@ def accumulate_from_zero(module) -> None:
             _accumulate_from_zero(loop, *tile)
 
 
-def _accumulator_tile(loop):
+def _accumulator_tile(loop) -> tuple | None:
     """(the read, the write) of C's tile around a register tile's k `loop`, else None."""
     from mlir import ir
 
