@@ -200,8 +200,7 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
     generic = 'ops{["linalg.generic"]}'
     lines = [
         *_linalg_handles(func_symbol, n_ops),
-        f"%mnk = transform.structured.interchange %p{index} iterator_interchange = "
-        f"[{', '.join(str(d) for d in mnk)}] : ({a}) -> {a}",
+        _interchanged(f"%p{index}", "%mnk", mnk),
         *_tiled_transposes(batched),
         *(_column_blocks(ts, tiles, cores, batched) if epilogue is None else
           _epilogue_blocks(tiles, cores, *epilogue)),
@@ -246,6 +245,14 @@ def contraction_script(func_symbol: str, n_ops: int, index: int,
         f"transform.apply_patterns.canonicalization }} : {a}",
     ]
     return sequence(lines)
+
+
+def _interchanged(op: str, result: str, mnk: tuple[int, ...]) -> str:
+    """`result`: the product `op` with its loops interchanged to (batch,) m, n, k (`mnk`: their
+    positions)."""
+    a = "!transform.any_op"
+    return (f"{result} = transform.structured.interchange {op} iterator_interchange = "
+            f"[{', '.join(str(d) for d in mnk)}] : ({a}) -> {a}")
 
 
 def _linalg_handles(func_symbol: str, n_ops: int) -> list[str]:

@@ -7,10 +7,10 @@ schedule of a product alone, and the script pieces both share, are in
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 from tdsl.schedule_contraction import (
     ContractionTiles,
+    _interchanged,
     _linalg_handles,
     _peel,
     _thread_chunks,
@@ -24,17 +24,19 @@ ROW_BLOCK = 24
 """Rows per block of `fused_products_script` (4 register tiles of 6 rows)."""
 
 
-def _register_tiles(op: str, tag: str, tiles: ContractionTiles,
-                    ts: Callable[..., str], zero: str) -> list[str]:
+def _register_tiles(op: str, tag: str, tiles: ContractionTiles, batched: bool,
+                    zero: str) -> list[str]:
     """NR columns (peeled), then MR rows (peeled) of a tiled contraction; `%g_<tag>` is the
     static MR x NR tile. The remainder columns are cut into MR x NR tiles padded with zeros
-    (`%re_<tag>`: a copy of B's last columns and of C's, no packing; `zero` is the element
+    (`%re_<tag>`: copies of A's, B's and C's slices, no packing; `zero` is the element
     type's 0 literal), so that they too run the micro-kernel once tiled by k and vectorized;
     before, they were plain loops that loaded and stored C at every step of k. The remainder
     rows `%r1_<tag>` are tiled one row and one step of k at a time, to be vectorized (a
-    1 x NR accumulator kept in registers across k)."""
+    1 x NR accumulator kept in registers across k). `batched`: the product has a batch loop
+    first."""
     a = "!transform.any_op"
     generic = 'ops{["linalg.generic"]}'
+    ts = functools.partial(_tile_sizes, batched)
     return [
         f"%tn_{tag}, %ln_{tag} = transform.structured.tile_using_for {op} tile_sizes "
         f"{ts(n=tiles.nr)} : ({a}) -> ({a}, {a})",
@@ -46,18 +48,18 @@ def _register_tiles(op: str, tag: str, tiles: ContractionTiles,
         f"%g_{tag} = transform.structured.match {generic} in %m_main_{tag} : ({a}) -> {a}",
         f"%rn_{tag} = transform.structured.match {generic} in %n_rest_{tag} : ({a}) -> {a}",
         f"%rm_{tag} = transform.structured.match {generic} in %m_rest_{tag} : ({a}) -> {a}",
-        *_padded_edge(tag, tiles, ts, zero),
+        *_padded_edge(tag, tiles, batched, zero),
         f"%r1_{tag}, %lr1_{tag}, %lrk_{tag} = transform.structured.tile_using_for %rm_{tag} "
         f"tile_sizes {ts(m=1, k=1)} : ({a}) -> ({a}, {a}, {a})",
     ]
 
 
-def _padded_edge(tag: str, tiles: ContractionTiles, ts: Callable[..., str],
-                 zero: str) -> list[str]:
+def _padded_edge(tag: str, tiles: ContractionTiles, batched: bool, zero: str) -> list[str]:
     """The remainder columns `%rn_<tag>` in MR x NR tiles padded to static shapes:
     `%re_<tag>`."""
     a = "!transform.any_op"
-    rows, cols = (1, 2) if ts() != "[0, 0, 0]" else (0, 1)
+    rows, cols = (1, 2) if batched else (0, 1)
+    ts = functools.partial(_tile_sizes, batched)
     return [
         f"%rt_{tag}, %lrt_{tag}, %lct_{tag} = transform.structured.tile_using_for %rn_{tag} "
         f"tile_sizes {ts(m=tiles.mr, n=tiles.nr)} : ({a}) -> ({a}, {a}, {a})",
@@ -85,8 +87,7 @@ def fused_products_script(func_symbol: str, n_ops: int,
     lines = [*_linalg_handles(func_symbol, n_ops), *_tiled_transposes(batched)]
     handle = {i: f"%p{i}" for i in range(n_ops)}
     for index, mnk in targets:
-        lines += [f"%x_c{index} = transform.structured.interchange %p{index} "
-                  f"iterator_interchange = [{', '.join(str(d) for d in mnk)}] : ({a}) -> {a}",
+        lines += [_interchanged(f"%p{index}", f"%x_c{index}", mnk),
                   f'transform.annotate %x_c{index} "tdsl.product_c{index}" : {a}']
         handle[index] = f"%x_c{index}"
     tidy = [f"transform.apply_patterns to %f {{ transform.apply_patterns.canonicalization }} "
@@ -105,10 +106,10 @@ def fused_products_script(func_symbol: str, n_ops: int,
     tags = []
     for n, (index, mnk) in enumerate(targets):
         tag = f"c{index}"
-        ts = functools.partial(_tile_sizes, len(mnk) == 4)
         lines.append(f"%product_{tag} = transform.structured.match "
                      f"attributes{{tdsl.product_{tag}}} in %f : ({a}) -> {a}")
-        lines += _register_tiles(f"%product_{tag}", tag, tiles, ts, f"0.0 : {elems[n]}")
+        lines += _register_tiles(f"%product_{tag}", tag, tiles, len(mnk) == 4,
+                                 f"0.0 : {elems[n]}")
         tags.append(tag)
     return sequence(lines + _vectorized_register_tiles(tags, batched))
 
@@ -121,8 +122,9 @@ def inner_contractions_script(func_symbol: str, n_ops: int,
     out `[k, n]`), for which the packed schedule tripled the compile time: `MR x NR` register
     tiles without packing or cache blocks. Each product is interchanged to (batch, m, n, k),
     its first loop split into one `scf.forall` chunk per core (its `fill` fused in), then tiled
-    into static `MR x NR` tiles (peeled; the remainders stay loops in (m, k, n) order) whose
-    accumulators stay in registers across k. Without it a row of C was loaded and stored at
+    into static `MR x NR` tiles (peeled; the remainder columns zero-padded MR x NR tiles, the
+    remainder rows 1 x NR tiles: `_register_tiles`) whose accumulators stay in registers across
+    k. Without it a row of C was loaded and stored at
     every step of k (`p @ v`: store-bound), or each element of C was a dot product ending in a
     horizontal sum (`q @ k.T`: latency-bound). `elems`: each product's element type, for
     the zero-padded remainder tiles (`_register_tiles`)."""
@@ -133,8 +135,7 @@ def inner_contractions_script(func_symbol: str, n_ops: int,
     for index, mnk in targets:
         tag = f"c{index}"
         ts = functools.partial(_tile_sizes, len(mnk) == 4)
-        lines.append(f"%x_{tag} = transform.structured.interchange %p{index} "
-                     f"iterator_interchange = [{', '.join(str(d) for d in mnk)}] : ({a}) -> {a}")
+        lines.append(_interchanged(f"%p{index}", f"%x_{tag}", mnk))
         first = ts(b=cores) if len(mnk) == 4 else ts(m=cores)  # chunks of the first loop
         lines += _thread_chunks(f"%x_{tag}", f"%ch_{tag}", cores, first, f"_{tag}")
         op = f"%ch_{tag}"
@@ -142,7 +143,7 @@ def inner_contractions_script(func_symbol: str, n_ops: int,
             lines.append(f"%b_{tag}, %lb_{tag} = transform.structured.tile_using_for {op} "
                          f"tile_sizes {ts(b=1)} : ({a}) -> ({a}, {a})")
             op = f"%b_{tag}"
-        lines += _register_tiles(op, tag, tiles, ts, f"0.0 : {elems[len(tags)]}")
+        lines += _register_tiles(op, tag, tiles, len(mnk) == 4, f"0.0 : {elems[len(tags)]}")
         tags.append(tag)
     return sequence(lines + _vectorized_register_tiles(tags, batched))
 

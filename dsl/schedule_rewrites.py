@@ -6,6 +6,7 @@ prefetched before the k loop and added after it)."""
 
 from __future__ import annotations
 
+from tdsl.gpu_ir import const_int, terminator
 from tdsl.schedule_contraction import KC_LOOP
 from tdsl.schedule_ir import nested_ops
 
@@ -14,17 +15,6 @@ def _only_use(value) -> tuple | None:
     """(the op, the operand number) of the single use of `value`, or None."""
     uses = list(value.uses)
     return (uses[0].owner, uses[0].operand_number) if len(uses) == 1 else None
-
-
-def _constant(value) -> int | None:
-    """The value of an index / integer `arith.constant`, else None."""
-    from mlir import ir
-
-    owner = value.owner
-    if not isinstance(owner, ir.Operation | ir.OpView) or owner.name != "arith.constant":
-        return None
-    attr = owner.attributes["value"]
-    return attr.value if isinstance(attr, ir.IntegerAttr) else None
 
 
 def bound_packed_k_loops(module) -> None:
@@ -44,7 +34,7 @@ def bound_packed_k_loops(module) -> None:
         if KC_LOOP not in kc_loop.attributes:
             continue
         del kc_loop.attributes[KC_LOOP]
-        kc = _constant(kc_loop.operands[2])
+        kc = const_int(kc_loop.operands[2])
         if kc is None:
             continue
         body = kc_loop.regions[0].blocks[0]
@@ -52,7 +42,7 @@ def bound_packed_k_loops(module) -> None:
             left = arith.subi(kc_loop.operands[1], body.arguments[0])
             steps = arith.minsi(kc_loop.operands[2], left)
         for loop in nested_ops(kc_loop, "scf.for"):
-            bounds = [_constant(v) for v in loop.operands[:3]]
+            bounds = [const_int(v) for v in loop.operands[:3]]
             carries_vectors = any(isinstance(r.type, ir.VectorType) for r in loop.results)
             if bounds == [0, kc, 1] and carries_vectors:
                 loop.operands[1] = steps
@@ -82,17 +72,17 @@ def _accumulator_tile(loop) -> tuple | None:
         return None
     if not isinstance(loop.results[0].type, ir.VectorType):
         return None
-    read, uses = loop.operands[3].owner, list(loop.results[0].uses)
+    read, use = loop.operands[3].owner, _only_use(loop.results[0])
     if not isinstance(read, ir.Operation | ir.OpView) or read.name != "vector.transfer_read":
         return None
-    if len(uses) != 1 or uses[0].owner.name != "vector.transfer_write":
+    if use is None or use[0].name != "vector.transfer_write":
         return None
-    write = uses[0].owner
+    write = use[0]
     same_place = list(write.operands)[1:] == list(read.operands)[:len(write.operands) - 1]
-    if not same_place or len(list(read.results[0].uses)) != 1:
+    if not same_place or _only_use(read.results[0]) is None:
         return None
     body = loop.regions[0].blocks[0]
-    last = list(body.operations)[-1]
+    last = terminator(body)
     product = last.operands[0].owner if len(last.operands) == 1 else None
     if not isinstance(product, ir.Operation | ir.OpView) or product.name != "vector.contract":
         return None

@@ -129,9 +129,6 @@ class CpuExecutable:
         self.threaded = threaded
         self.fast_address = fast_address
         self.native_address = native_address
-        self._post_init()
-
-    def _post_init(self) -> None:
         self._fn = _ENTRY(self.address)
         self._omp = threads.load() if self.threaded else None
         if not self.slots:

@@ -119,10 +119,11 @@ def strided(a: np.ndarray) -> np.ndarray:
 # ---- which kernels get which schedule ------------------------------------------------------
 
 
-def _fused_ir(source: str, kernel: str) -> str:
+def _fused_ir(source: str, kernel: str, stage: str = "fused") -> str:
+    """The IR of an f32 `kernel` of `source` at `stage` (`fused`: the schedule applied)."""
     program = check_source(source.format(t="f32"), "<test>")
     k = next(k for k in program.kernels if k.name == kernel)
-    return run_pipeline(k, until="fused", keep=["fused"]).ir["fused"]
+    return run_pipeline(k, until=stage, keep=[stage]).ir[stage]
 
 
 def _unit_ir(source: str, kernel: str) -> str:
@@ -412,9 +413,7 @@ def test_packed_contractions_have_one_micro_kernel():
     edges too (C read and written under a mask), runs one MR x NR micro-kernel, whose k loop
     runs `min(KC, K - k)` steps after bufferization (`bound_packed_k_loops`)."""
     assert _unit_ir(MATMUL, "matmul").count(MAIN_TILE) == 1
-    program = check_source(MATMUL.format(t="f32"), "<kc>")
-    kernel = next(k for k in program.kernels if k.name == "matmul")
-    bufferized = run_pipeline(kernel, until="bufferized", keep=["bufferized"]).ir["bufferized"]
+    bufferized = _fused_ir(MATMUL, "matmul", "bufferized")
     assert "arith.minsi" in bufferized and "tdsl.kc_loop" not in bufferized
 
 
