@@ -8,7 +8,8 @@ CPU stages (each prints as `tdsl compile FILE --emit STAGE`):
 | `vector-math`  | transcendentals as branch-free arith     | `tdsl.vector_math_pass`             |
 | `fused`        | canonicalized, elementwise ops fused     | MLIR passes                         |
 | `bufferized`   | linalg on memrefs, temporaries freed     | MLIR passes, `bound_packed_k_loops` |
-| `loops`        | scf loops; outermost parallel kept       | MLIR passes, `tdsl.parallel_loops`  |
+| `loops`        | scf loops; outermost parallel kept; row  | MLIR passes, `tdsl.parallel_loops`, |
+|                | passes fused, next rows prefetched       | `tdsl.row_loops`                    |
 | `openmp`       | omp.parallel with a work threshold       | MLIR pass, `tdsl.parallel_loops`    |
 | `llvm-dialect` | the LLVM dialect                         | MLIR passes, then `noalias` args    |
 | `llvm`         | LLVM IR after O3 (vectorized loops)      | translation, entry wrapper, llvmlite|
@@ -68,7 +69,9 @@ CPU_STAGES: tuple[Stage, ...] = (
            "buffer-deallocation-pipeline",
            "canonicalize")),
     Stage("loops", "loops of memref loads and stores; the outermost parallel loop of each nest "
-          "an scf.parallel (tdsl.parallel_loops), after a tagged work-threshold test",
+          "an scf.parallel (tdsl.parallel_loops), after a tagged work-threshold test; small "
+          "consecutive passes over a row fused, the heaviest one prefetching the next row "
+          "(tdsl.row_loops)",
           ("func.func(scf-forall-to-parallel)", "func.func(convert-linalg-to-parallel-loops)",
            "canonicalize", "cse")),
     Stage("openmp", "each scf.parallel an omp.parallel + omp.wsloop with its threshold as the "
@@ -236,8 +239,11 @@ def _run_mlir(text: str, name: str, stages: Sequence[str], wanted: set[str],
                 accumulate_from_zero(module)
             if stage_name == "loops":
                 from tdsl.parallel_loops import outer_parallel_loops
+                from tdsl.row_loops import fuse_sibling_loops, prefetch_next_rows
 
                 outer_parallel_loops(module)
+                fuse_sibling_loops(module)
+                prefetch_next_rows(module)
             if stage_name == "openmp" and groups:
                 from tdsl.parallel_loops import attach_parallel_if
 

@@ -284,6 +284,22 @@ def test_rows_against_reference(kernel, t):
             check(getattr(cpu, kernel)(*args), getattr(ref, kernel)(*args), t)
 
 
+@pytest.mark.parametrize("kernel", ["softmax", "layernorm", "heads"])
+def test_row_passes_across_prefetch_strips(kernel):
+    """Rows around the 64-column strips of the prefetching pass (`tdsl.row_loops`): none,
+    exactly one or two, one and a remainder; 1 to 5 rows (the last row of each thread's chunk
+    prefetches itself)."""
+    cpu, ref = modules(ROWS, "f32")
+    loops = _fused_ir(ROWS, kernel, "loops")
+    assert "memref.prefetch" in loops
+    for b in (1, 2, 5):
+        for n in (63, 64, 65, 128, 129):
+            args = _row_args(kernel, b, n, "f32")
+            check(getattr(cpu, kernel)(*args), getattr(ref, kernel)(*args), "f32")
+            views = [strided(a) for a in args]
+            check(getattr(cpu, kernel)(*views), getattr(ref, kernel)(*args), "f32")
+
+
 @pytest.mark.parametrize("kernel", ["softmax", "layernorm", "rmsnorm"])
 def test_rows_on_strided_views(kernel):
     cpu, ref = modules(ROWS, "f32")
