@@ -9,7 +9,8 @@ CPU stages (each prints as `tdsl compile FILE --emit STAGE`):
 | `fused`        | canonicalized, elementwise ops fused     | MLIR passes                         |
 | `bufferized`   | linalg on memrefs, temporaries freed     | MLIR passes, `bound_packed_k_loops` |
 | `loops`        | scf loops; outermost parallel kept; row  | MLIR passes, `tdsl.parallel_loops`, |
-|                | passes fused, next rows prefetched       | `tdsl.row_loops`                    |
+|                | passes fused, next rows prefetched;      | `tdsl.row_loops`,                   |
+|                | large outputs written by streaming stores| `tdsl.stream_stores`                |
 | `openmp`       | omp.parallel with a work threshold       | MLIR pass, `tdsl.parallel_loops`    |
 | `llvm-dialect` | the LLVM dialect                         | MLIR passes, then `noalias` args    |
 | `llvm`         | LLVM IR after O3 (vectorized loops)      | translation, entry wrapper, llvmlite|
@@ -71,7 +72,8 @@ CPU_STAGES: tuple[Stage, ...] = (
     Stage("loops", "loops of memref loads and stores; the outermost parallel loop of each nest "
           "an scf.parallel (tdsl.parallel_loops), after a tagged work-threshold test; small "
           "consecutive passes over a row fused, the heaviest one prefetching the next row "
-          "(tdsl.row_loops)",
+          "(tdsl.row_loops); passes writing a large output vectorized with aligned "
+          "non-temporal stores behind a run-time test (tdsl.stream_stores)",
           ("func.func(scf-forall-to-parallel)", "func.func(convert-linalg-to-parallel-loops)",
            "canonicalize", "cse")),
     Stage("openmp", "each scf.parallel an omp.parallel + omp.wsloop with its threshold as the "
@@ -240,10 +242,12 @@ def _run_mlir(text: str, name: str, stages: Sequence[str], wanted: set[str],
             if stage_name == "loops":
                 from tdsl.parallel_loops import outer_parallel_loops
                 from tdsl.row_loops import fuse_sibling_loops, prefetch_next_rows
+                from tdsl.stream_stores import stream_stores
 
                 outer_parallel_loops(module)
                 fuse_sibling_loops(module)
                 prefetch_next_rows(module)
+                stream_stores(module)
             if stage_name == "openmp" and groups:
                 from tdsl.parallel_loops import attach_parallel_if
 

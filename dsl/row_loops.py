@@ -227,7 +227,8 @@ def prefetch_next_rows(module) -> int:
                 views += [v for v in found if v not in views]
         if len(readers) < 2:
             continue  # one pass over the row: the hardware prefetcher streams it
-        target = max(readers, key=_op_count)
+        # a pass that writes a kernel argument is left whole for `tdsl.stream_stores`
+        target = max(readers, key=lambda loop: (not _writes_argument(loop), _op_count(loop)))
         if const_int(target.operands[0]) == 0 and const_int(target.operands[2]) == 1:
             _strip_with_prefetches(row_loop, target, views)
             count += 1
@@ -243,6 +244,18 @@ def _nested_for(op) -> list:
                     found.append(inner.operation)
                 found += _nested_for(inner.operation)
     return found
+
+
+def _writes_argument(loop) -> bool:
+    return any(a.write and _argument(a.root) for a in _accesses(loop))
+
+
+def in_prefetch_strip(loop) -> bool:
+    """True for the inner loop of a strip made by `prefetch_next_rows`."""
+    parent = loop.parent
+    return parent is not None and parent.operation.name == "scf.for" and any(
+        op.operation.name == "memref.prefetch"
+        for op in parent.operation.regions[0].blocks[0].operations)
 
 
 def _op_count(loop) -> int:

@@ -137,6 +137,7 @@ func.func @g(%x: memref<?x?xf32>, %y: memref<?x?xf32>, %rows: index, %n: index) 
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
   %acc = memref.alloca() : memref<1xf32>
+  %tmp = memref.alloc(%n) : memref<1x?xf32>
   scf.for %r = %c0 to %rows step %c1 {
     %row = memref.subview %x[%r, 0] [1, %n] [1, 1]
         : memref<?x?xf32> to memref<1x?xf32, strided<[?, 1], offset: ?>>
@@ -150,6 +151,7 @@ func.func @g(%x: memref<?x?xf32>, %y: memref<?x?xf32>, %rows: index, %n: index) 
     }
     SECOND
   }
+  memref.dealloc %tmp : memref<1x?xf32>
   return
 }
 """
@@ -158,7 +160,7 @@ SECOND_PASS = """scf.for %i = %c0 to %n step %c1 {
       %m = memref.load %acc[%c0] : memref<1xf32>
       %d = arith.subf %v, %m : f32
       %e = math.exp %d : f32
-      memref.store %e, %out[%c0, %i] : memref<1x?xf32, strided<[?, 1], offset: ?>>
+      memref.store %e, %tmp[%c0, %i] : memref<1x?xf32>
     }"""
 
 
@@ -185,3 +187,14 @@ def test_the_heavier_pass_over_a_row_prefetches_the_next_row():
 def test_a_single_pass_over_a_row_gets_no_prefetch():
     count, text = _prefetch(ROWS.replace("SECOND", ""))
     assert count == 0 and "memref.prefetch" not in text
+
+
+def test_a_pass_writing_the_output_is_left_whole_for_streaming_stores():
+    second = SECOND_PASS.replace("memref.store %e, %tmp[%c0, %i] : memref<1x?xf32>",
+                                 "memref.store %e, %out[%c0, %i] : "
+                                 "memref<1x?xf32, strided<[?, 1], offset: ?>>")
+    count, text = _prefetch(ROWS.replace("SECOND", second))
+    assert count == 1
+    strip = text[text.index("step %c64"):]
+    assert strip.index("arith.maximumf") < strip.index("math.exp")
+    assert text.count("math.exp") == 1 and text.count("arith.maximumf") == 2
