@@ -18,6 +18,7 @@ Dtype rules every consumer must follow (the language's numerics):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from tdsl.runtime.signature import Signature
@@ -26,12 +27,26 @@ from tdsl.types import Affine, DType, TensorType
 # ---- expressions ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Const:
-    """A literal of a fixed dtype (`value` is a Python bool, int or float; float('inf') etc.)."""
+    """A literal of a fixed dtype (`value` is a Python bool, int or float; float('inf') etc.).
+    Equal constants compare and hash alike, except that -0.0 and 0.0 differ (Python says
+    they are equal: the translation's memo of subexpressions once gave `-0.0 + 0.0` as
+    `-0.0 + -0.0`, fuzz corpus 030)."""
 
     value: bool | int | float
     dtype: DType
+
+    def _key(self) -> tuple:
+        if isinstance(self.value, float):
+            return (self.dtype, float, self.value, math.copysign(1.0, self.value))
+        return (self.dtype, type(self.value), self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Const) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
 
 @dataclass(frozen=True)

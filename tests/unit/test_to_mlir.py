@@ -229,3 +229,15 @@ def test_a_local_with_offset_reads_is_emptied_with_an_enclosing_reduction():
     program = check_source(source, "<test>")
     _, _, _, domain_guards = hoist_reductions(program.kernel("k"))
     assert len(domain_guards) == 1
+
+
+def test_signed_zero_constants_stay_apart():
+    """-0.0 and 0.0 are equal in Python; as memoized subexpressions they must stay two
+    constants (fuzz corpus 030: `-0.0 + 0.0` became `-0.0 + -0.0`)."""
+    from tdsl.check import check_source
+    from tdsl.to_mlir import kernel_to_mlir
+
+    source = "kernel k(x: f32[N]) -> (y: f32[N]) { y[i] = x[i] / (f32(-0.0) + f32(0.0)) }"
+    text = kernel_to_mlir(check_source(source, "<zeros>").kernels[0])
+    assert "arith.constant 0x80000000 : f32" in text
+    assert "arith.constant 0x00000000 : f32" in text
