@@ -26,7 +26,7 @@ _PLAIN_OPS = frozenset({"memref.load", "memref.store", "affine.apply", "affine.m
 # pure ops that may move from between two fused loops to before the first
 _PURE_OPS = frozenset({"memref.subview", "memref.dim", "memref.cast", "affine.apply",
                        "affine.min", "affine.max"})
-_VIEWS = frozenset({"memref.subview", "memref.cast", "memref.reinterpret_cast",
+VIEWS = frozenset({"memref.subview", "memref.cast", "memref.reinterpret_cast",
                     "memref.collapse_shape", "memref.expand_shape", "memref.transpose"})
 _FRESH = frozenset({"memref.alloc", "memref.alloca"})
 
@@ -50,7 +50,7 @@ class Access:
     write: bool
 
 
-def _root(memref):
+def root_of(memref):
     """The memref a view is taken of (through subviews and casts): a function argument, an
     allocation, or something else."""
     from mlir import ir
@@ -58,7 +58,7 @@ def _root(memref):
     value = memref
     while True:
         owner = value.owner
-        if isinstance(owner, ir.Block) or owner.operation.name not in _VIEWS:
+        if isinstance(owner, ir.Block) or owner.operation.name not in VIEWS:
             return value
         value = owner.operation.operands[0]
 
@@ -75,22 +75,22 @@ def _distinct(root) -> bool:
     return owner.operation.name in _FRESH
 
 
-def _may_alias(a, b) -> bool:
+def may_alias(a, b) -> bool:
     return a == b or not (_distinct(a) and _distinct(b))
 
 
-def _accesses(loop) -> list[Access]:
+def accesses(loop) -> list[Access]:
     found = []
     for op in loop.regions[0].blocks[0].operations:
         op = op.operation
         if op.name in ("memref.load", "memref.store"):
             memref, indices = access_parts(op)
-            found.append(Access(memref, _root(memref), tuple(indices),
+            found.append(Access(memref, root_of(memref), tuple(indices),
                                 op.name == "memref.store"))
     return found
 
 
-def _plain(loop) -> bool:
+def plain(loop) -> bool:
     """An `scf.for` without results whose body is plain scalar code."""
     if len(loop.results):
         return False
@@ -127,16 +127,16 @@ def _same_element(x: Access, y: Access, iv1, iv2) -> bool:
 def _fusable(first, second) -> bool:
     """Whether running `second`'s body right after `first`'s, iteration by iteration, gives
     the results of running the loops one after the other."""
-    if not (_same_bounds(first, second) and _plain(first) and _plain(second)):
+    if not (_same_bounds(first, second) and plain(first) and plain(second)):
         return False
-    if _op_count(first) + _op_count(second) - 2 > FUSED_OPS_MAX:
+    if op_count(first) + op_count(second) - 2 > FUSED_OPS_MAX:
         return False
     iv1 = first.regions[0].blocks[0].arguments[0]
     iv2 = second.regions[0].blocks[0].arguments[0]
-    seconds = _accesses(second)
-    for x in _accesses(first):
+    seconds = accesses(second)
+    for x in accesses(first):
         for y in seconds:
-            if (x.write or y.write) and _may_alias(x.root, y.root) and \
+            if (x.write or y.write) and may_alias(x.root, y.root) and \
                     not _same_element(x, y, iv1, iv2):
                 return False
     return True
@@ -151,8 +151,8 @@ def _movable(op, first_accesses: list[Access]) -> bool:
     if op.name not in ("memref.load", "memref.store"):
         return False
     memref, _ = access_parts(op)
-    root, write = _root(memref), op.name == "memref.store"
-    return not any((write or a.write) and _may_alias(root, a.root) for a in first_accesses)
+    root, write = root_of(memref), op.name == "memref.store"
+    return not any((write or a.write) and may_alias(root, a.root) for a in first_accesses)
 
 
 def _fuse(first, second, between: list) -> None:
@@ -175,8 +175,8 @@ def _fuse_once(block) -> bool:
         first, second, between = ops[i], ops[j], ops[i + 1:j]
         if not _fusable(first, second):
             continue
-        accesses = _accesses(first)
-        if all(_movable(op, accesses) for op in between):
+        first_accesses = accesses(first)
+        if all(_movable(op, first_accesses) for op in between):
             _fuse(first, second, between)
             return True
     return False
@@ -213,7 +213,7 @@ def prefetch_next_rows(module) -> int:
     next rows first (LLVM does not vectorize a loop with a prefetch in it), and a remainder
     loop. Returns the number of passes given prefetches."""
     count = 0
-    for row_loop in _nested_for(module.operation):
+    for row_loop in nested_for(module.operation):
         body = row_loop.regions[0].blocks[0]
         passes = [op.operation for op in body.operations if op.operation.name == "scf.for"]
         if len(passes) < 2 or const_int(row_loop.operands[2]) != 1:
@@ -228,26 +228,26 @@ def prefetch_next_rows(module) -> int:
         if len(readers) < 2:
             continue  # one pass over the row: the hardware prefetcher streams it
         # a pass that writes a kernel argument is left whole for `tdsl.stream_stores`
-        target = max(readers, key=lambda loop: (not _writes_argument(loop), _op_count(loop)))
+        target = max(readers, key=lambda loop: (not _writes_argument(loop), op_count(loop)))
         if const_int(target.operands[0]) == 0 and const_int(target.operands[2]) == 1:
             _strip_with_prefetches(row_loop, target, views)
             count += 1
     return count
 
 
-def _nested_for(op) -> list:
+def nested_for(op) -> list:
     found = []
     for region in op.regions:
         for block in region.blocks:
             for inner in block.operations:
                 if inner.operation.name == "scf.for":
                     found.append(inner.operation)
-                found += _nested_for(inner.operation)
+                found += nested_for(inner.operation)
     return found
 
 
 def _writes_argument(loop) -> bool:
-    return any(a.write and _argument(a.root) for a in _accesses(loop))
+    return any(a.write and is_argument(a.root) for a in accesses(loop))
 
 
 def in_prefetch_strip(loop) -> bool:
@@ -258,7 +258,7 @@ def in_prefetch_strip(loop) -> bool:
         for op in parent.operation.regions[0].blocks[0].operations)
 
 
-def _op_count(loop) -> int:
+def op_count(loop) -> int:
     return len(list(loop.regions[0].blocks[0].operations))
 
 
@@ -268,17 +268,17 @@ def _row_views(loop, row_body) -> list:
     row loop's body) at offsets that depend on the row, with sizes that do not."""
     from mlir import ir
 
-    if not _plain(loop):
+    if not plain(loop):
         return []
     row_iv = row_body.arguments[0]
     column = loop.regions[0].blocks[0].arguments[0]
     found = []
-    for access in _accesses(loop):
+    for access in accesses(loop):
         owner = access.memref.owner
         if access.write or isinstance(owner, ir.Block) or owner.operation.name != "memref.subview":
             continue
         view = owner.operation
-        if view.block != row_body or not _argument(access.root) or access.memref in found:
+        if view.block != row_body or not is_argument(access.root) or access.memref in found:
             continue
         if not access.indices or access.indices[-1] != column or \
                 any(const_int(i) != 0 for i in access.indices[:-1]):
@@ -290,7 +290,7 @@ def _row_views(loop, row_body) -> list:
     return found
 
 
-def _argument(root) -> bool:
+def is_argument(root) -> bool:
     """True for an argument of the kernel function."""
     from mlir import ir
 
