@@ -203,7 +203,7 @@ def test_float_to_int_casts_saturate():
 
 
 def test_loop_order_puts_the_contiguous_loop_innermost():
-    from tdsl.to_mlir import loop_order
+    from tdsl.to_mlir_generic import loop_order
 
     mm = hk.matmul().statements[0].expr
     assert loop_order(("m", "n"), ("k",), mm) == ["m", "k", "n"]
