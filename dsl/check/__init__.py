@@ -15,9 +15,10 @@ from __future__ import annotations
 from tdsl import ast
 from tdsl import checked as c
 from tdsl.check.context import Reporter, StatementError
-from tdsl.check.exprs import ExprLowering, Scope, Typed
+from tdsl.check.exprs import ExprLowering
 from tdsl.check.inline import param_dtype, run_body
 from tdsl.check.items import check_items, check_name_free
+from tdsl.check.scope import Scope, Typed
 from tdsl.check.statements import check_kernel
 from tdsl.parser import parse
 from tdsl.source import Source, TdslError

@@ -5,7 +5,7 @@ what is neither becomes a call-time condition on the shape symbols."""
 from __future__ import annotations
 
 from tdsl.check.context import Reporter
-from tdsl.check.exprs import Access, Scope
+from tdsl.check.scope import Access, Scope
 from tdsl.runtime.signature import Condition
 from tdsl.types import Affine
 

@@ -8,7 +8,8 @@ from dataclasses import replace
 from tdsl import ast
 from tdsl import checked as c
 from tdsl.check.context import StatementError, reserved_kind
-from tdsl.check.exprs import ExprLowering, Typed
+from tdsl.check.exprs import ExprLowering
+from tdsl.check.scope import Typed
 from tdsl.parser import MAX_DEPTH
 from tdsl.types import DType
 

@@ -8,7 +8,8 @@ from tdsl import ast
 from tdsl import checked as c
 from tdsl.check.affine import to_affine
 from tdsl.check.context import REDUCTIONS, reserved_kind
-from tdsl.check.exprs import Evidence, ExprLowering, Scope, Typed
+from tdsl.check.exprs import ExprLowering
+from tdsl.check.scope import Evidence, Scope, Typed
 from tdsl.source import Span
 from tdsl.types import Affine, DType
 

@@ -13,10 +13,11 @@ from tdsl.check.context import (
     StatementError,
     reserved_kind,
 )
-from tdsl.check.exprs import Evidence, ExprLowering, Scope
+from tdsl.check.exprs import ExprLowering
 from tdsl.check.items import Header, check_header, tensor_type
 from tdsl.check.order import dependence_order, names_read, target_of
 from tdsl.check.reduce import check_agreement
+from tdsl.check.scope import Evidence, Scope
 from tdsl.runtime.signature import Condition, Param, Signature
 from tdsl.source import Span
 from tdsl.types import Affine, DType, TensorType
