@@ -171,3 +171,45 @@ def test_one_fence_after_the_streaming_loops():
     loops = run_pipeline(layernorm, until="loops", keep=["loops"]).ir["loops"]
     assert loops.count("llvm.fence seq_cst") == 1
     assert loops.index("llvm.fence") > loops.rindex("nontemporal")
+
+
+STENCILS = """
+kernel lap2(x: f32[H, W]) -> (y: f32[H - 2, W - 2]) {
+    y[i, j] = x[i, j + 1] + x[i + 2, j + 1] + x[i + 1, j] + x[i + 1, j + 2] - 4.0 * x[i + 1, j + 1]
+}
+kernel lap3(x: f32[D, H, W]) -> (y: f32[D - 2, H - 2, W - 2]) {
+    y[i, j, k] = (x[i, j + 1, k + 1] + x[i + 2, j + 1, k + 1] + x[i + 1, j, k + 1]
+                + x[i + 1, j + 2, k + 1] + x[i + 1, j + 1, k] + x[i + 1, j + 1, k + 2]
+                - 6.0 * x[i + 1, j + 1, k + 1])
+}
+kernel heads(x: f32[G, B, N]) -> (y: f32[G, B, N]) {
+    m[g, b]    = max[n](x[g, b, n])
+    e[g, b, n] = exp(x[g, b, n] - m[g, b])
+    y[g, b, n] = e[g, b, n] / sum[j](e[g, b, j])
+}
+"""
+
+
+def test_shifted_reads_and_3d_rows_stream(monkeypatch):
+    """Stencils read the pass's row at lane offsets (`x[i, j + 1]`: vector loads from `lane
+    + 1`); `heads` streams the rows of a 3-D output."""
+    program = check_source(STENCILS, "<stencils>")
+    for kernel in program.kernels:
+        loops = run_pipeline(kernel, until="loops", keep=["loops"]).ir["loops"]
+        assert "nontemporal = true" in loops, kernel.name
+    cpu = _compiled(STENCILS, True, monkeypatch)
+    ref = tdsl.loads(STENCILS, target="reference")
+    for shape in [(5, 3), (4, 40), (6, 83)]:
+        x = RNG.standard_normal(shape, dtype=np.float32)
+        np.testing.assert_allclose(cpu["lap2"](x), ref.lap2(x), rtol=1e-5, atol=1e-5)
+    for shape in [(3, 3, 3), (4, 5, 70), (5, 4, 131)]:
+        x = RNG.standard_normal(shape, dtype=np.float32)
+        want = ref.lap3(x)
+        np.testing.assert_allclose(cpu["lap3"](x), want, rtol=1e-5, atol=1e-5)
+        wide = np.full(want.shape[:2] + (want.shape[2] + 9,), np.nan, np.float32)
+        cpu["lap3"](x, y=wide[:, :, 3:3 + want.shape[2]])
+        np.testing.assert_allclose(wide[:, :, 3:3 + want.shape[2]], want, rtol=1e-5, atol=1e-5)
+        assert np.isnan(wide[:, :, :3]).all() and np.isnan(wide[:, :, 3 + want.shape[2]:]).all()
+    for shape in [(2, 3, 7), (3, 2, 100)]:
+        x = RNG.standard_normal(shape, dtype=np.float32)
+        np.testing.assert_allclose(cpu["heads"](x), ref.heads(x), rtol=2e-5, atol=1e-7)
