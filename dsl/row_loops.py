@@ -229,6 +229,8 @@ def prefetch_next_rows(module) -> int:
             continue  # one pass over the row: the hardware prefetcher streams it
         # a pass that writes a kernel argument is left whole for `tdsl.stream_stores`
         target = max(readers, key=lambda loop: (not _writes_argument(loop), op_count(loop)))
+        if not all(_pure(op) for op in _view_chain(body, views)):
+            continue  # only arithmetic and views are computed again for the next row
         if const_int(target.operands[0]) == 0 and const_int(target.operands[2]) == 1:
             _strip_with_prefetches(row_loop, target, views)
             count += 1
@@ -299,15 +301,10 @@ def is_argument(root) -> bool:
         owner.owner.operation.name == "func.func"
 
 
-def _next_views(row_loop, views: list) -> list:
-    """`views` taken again at the next row (clamped to the loop's last one): the ops of the
-    row loop's body that compute them from its induction variable, cloned at the current
-    insertion point with the next row in its place."""
-    from mlir.dialects import arith
-
-    body = row_loop.regions[0].blocks[0]
+def _view_chain(body, views: list) -> list:
+    """The ops of the row loop's `body` (in order) that compute `views` from its induction
+    variable."""
     iv = body.arguments[0]
-    ops = [op.operation for op in body.operations]
     needed: list = []
     pending = [v.owner.operation for v in views]
     while pending:
@@ -320,9 +317,23 @@ def _next_views(row_loop, views: list) -> list:
             if value != iv and not hasattr(owner, "arguments") and \
                     owner.operation.block == body and depends_on(value, [iv]):
                 pending.append(owner.operation)
+    return [op.operation for op in body.operations if op.operation in needed]
+
+
+def _pure(op) -> bool:
+    return op.name.startswith(("arith.", "affine.", "index.")) or \
+        op.name in ("memref.subview", "memref.dim", "memref.cast")
+
+
+def _next_views(row_loop, views: list) -> list:
+    """`views` taken again at the next row (clamped to the loop's last one): `_view_chain`
+    cloned at the current insertion point with the next row in its place."""
+    from mlir.dialects import arith
+
+    iv = row_loop.regions[0].blocks[0].arguments[0]
     one = arith.constant(iv.type, 1)
     old, new = [iv], [arith.minsi(arith.addi(iv, one), arith.subi(row_loop.operands[1], one))]
-    for op in [op for op in ops if op in needed]:
+    for op in _view_chain(row_loop.regions[0].blocks[0], views):
         clone = op.clone()
         for k, value in enumerate(op.operands):
             if value in old:
