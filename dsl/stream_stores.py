@@ -31,7 +31,6 @@ from tdsl.row_loops import (
     nested_for,
     op_count,
     plain,
-    root_of,
 )
 
 _LANE_TYPES = ("f32", "f64", "i1", "i8", "i16", "i32", "i64")
@@ -57,12 +56,13 @@ def stream_stores(module) -> int:
     from tdsl.schedule_ir import host
 
     vector_bits = host().vector_bits
+    threshold = min_bytes()
     count = 0
     for loop in nested_for(module.operation):
         plan = _plan(loop, vector_bits)
         if plan is not None:
             _fence_after(_outermost(loop))
-            _stream(loop, *plan)
+            _stream(loop, *plan, threshold)
             count += 1
     return count
 
@@ -96,9 +96,9 @@ def _innermost(loop) -> bool:
 
 def _plan(loop, vector_bits: int) -> tuple[Access, int] | None:
     """(the store, the vector length) of a pass that qualifies, else None."""
-    if not (_innermost(loop) and plain(loop)) or const_int(loop.operands[2]) != 1:
+    if op_count(loop) > BODY_OPS_MAX or const_int(loop.operands[2]) != 1:
         return None
-    if in_prefetch_strip(loop) or op_count(loop) > BODY_OPS_MAX:
+    if not (_innermost(loop) and plain(loop)) or in_prefetch_strip(loop):
         return None
     iv = loop.regions[0].blocks[0].arguments[0]
     offsets = lane_offsets(loop)
@@ -116,7 +116,7 @@ def _plan(loop, vector_bits: int) -> tuple[Access, int] | None:
             return None
     if _lane_offset(store, iv, offsets) != 0 or not _vectorizable_body(loop, iv, offsets):
         return None
-    if not _read_nowhere_else(store.root, loop) or not _new_elements_each_time(store, loop):
+    if not _new_elements_each_time(store, loop) or not _read_nowhere_else(store.root, loop):
         return None
     bits = _element_bits(store.memref)
     lanes = vector_bits // bits if bits >= 8 else 0  # an i1 output: no whole bytes
@@ -129,26 +129,19 @@ _SHAPE_ONLY = frozenset({"memref.dim", "memref.extract_strided_metadata",
 
 
 def _read_nowhere_else(root, loop) -> bool:
-    """True when nothing in `loop`'s function but `loop` itself reads the kernel argument
-    `root` (a zero-fill of a product's output, read back by its accumulation, must stay in
-    cache)."""
+    """True when nothing but `loop` itself reads the kernel argument `root` (a zero-fill of a
+    product's output, read back by its accumulation, must stay in cache): every use of it and
+    of its views but shape queries and scalar stores is in `loop`."""
     from tdsl.gpu_ir import owned_by
 
-    func = loop.parent
-    while func is not None and func.operation.name != "func.func":
-        func = func.operation.parent
-    if func is None:
-        return False
-    pending = [func.operation]
+    pending = [root]
     while pending:
-        op = pending.pop()
-        for region in op.regions:
-            for block in region.blocks:
-                pending += [inner.operation for inner in block.operations]
-        if op.name in _SHAPE_ONLY or op.name in VIEWS or owned_by(op, loop):
-            continue
-        if any(root_of(v) == root for v in op.operands if _is_memref(v)):
-            return False
+        for use in pending.pop().uses:
+            op = use.owner
+            if op.name in VIEWS:
+                pending += list(op.results)
+            elif op.name not in _SHAPE_ONLY and not owned_by(op, loop):
+                return False
     return True
 
 
@@ -165,12 +158,6 @@ def _new_elements_each_time(store: Access, loop) -> bool:
                     return False
         outer = op.parent
     return True
-
-
-def _is_memref(value) -> bool:
-    from mlir import ir
-
-    return isinstance(value.type, ir.MemRefType)
 
 
 def lane_offsets(loop) -> dict:
@@ -257,7 +244,7 @@ def _element_bits(memref) -> int:
     return width if str(element) in _LANE_TYPES and isinstance(width, int) else 0
 
 
-def _stream(loop, store: Access, lanes: int) -> None:
+def _stream(loop, store: Access, lanes: int, threshold: int) -> None:
     """Give `loop` a vector loop over its whole cache lines of the output, run when streaming
     is possible (`scf.if`), and run `loop` itself twice around it (`scf.for` over two parts):
     over the head and the tail when streaming, over everything and nothing otherwise. One
@@ -283,7 +270,7 @@ def _stream(loop, store: Access, lanes: int) -> None:
         one, zero = c(1), c(0)
         eq = arith.CmpIPredicate.eq
         ok = arith.cmpi(arith.CmpIPredicate.sge, _bytes(store.root, element_bytes),
-                        c(min_bytes()))
+                        c(threshold))
         for m in lane_memrefs:
             ok = arith.andi(ok, arith.cmpi(eq, _strides(m)[-1], one))
         pointer = memref.extract_aligned_pointer_as_index(store.memref)
@@ -299,17 +286,17 @@ def _stream(loop, store: Access, lanes: int) -> None:
         start = arith.addi(lb, head)
         lines = arith.divsi(arith.subi(count, head), c(line))
         end = arith.addi(start, arith.muli(lines, c(line)))
-        branch = scf.IfOp(ok)
-        with ir.InsertionPoint(branch.then_block):
-            casts = {m: _unit_stride(m) for m in lane_memrefs}
-            vector_loop = scf.ForOp(start, end, c(lanes))
-            with ir.InsertionPoint(vector_loop.body):
-                _vector_body(body, vector_loop.induction_variable, lanes, casts,
-                             lanes * element_bytes, offsets)
-                scf.YieldOp([])
-            scf.YieldOp([])
+        # No branch on `ok` (LLVM would unswitch the row loop on it: two copies of the nest,
+        # twice the compile time): when it is false the vector loop is empty, and the views
+        # reinterpreted with a unit stride are never read.
         head_end = arith.select(ok, start, ub)
         tail_start = arith.select(ok, end, ub)
+        casts = {m: _unit_stride(m) for m in lane_memrefs}
+        vector_loop = scf.ForOp(head_end, tail_start, c(lanes))
+        with ir.InsertionPoint(vector_loop.body):
+            _vector_body(body, vector_loop.induction_variable, lanes, casts,
+                         lanes * element_bytes, offsets)
+            scf.YieldOp([])
         # not a constant 2: LLVM would unroll the parts, copying the pass again
         parts = scf.ForOp(zero, arith.select(ok, c(2), one), one)
         with ir.InsertionPoint(parts.body):
