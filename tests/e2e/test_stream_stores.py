@@ -1,7 +1,8 @@
 """Streaming stores (`tdsl.stream_stores`) against the reference: the vectorized pass with its
 aligned non-temporal stores is taken when the output is large, the innermost strides are 1
 and the output is element-aligned; otherwise the original loop runs. With `min_bytes`
-patched to 0 every call takes the streaming pass, so small arrays reach it: rows whose first
+and `MIN_PASS_BYTES` patched to 0 every call takes the streaming pass, so small arrays reach
+it: rows whose first
 aligned element falls anywhere (outputs that are column slices of a wider array), rows
 shorter than a vector, and strided views (the original loop)."""
 
@@ -45,6 +46,7 @@ RNG = np.random.default_rng(11)
 def _compiled(source: str, streaming: bool, monkeypatch) -> dict:
     if streaming:
         monkeypatch.setattr(tdsl.stream_stores, "min_bytes", lambda: 0)
+        monkeypatch.setattr(tdsl.stream_stores, "MIN_PASS_BYTES", 0)
     program = check_source(source, "<stream>")
     return {k.name: compile_kernel(k) for k in program.kernels}
 
