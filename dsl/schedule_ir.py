@@ -3,6 +3,7 @@ ops on tensors (`LinalgInfo`: iterators, indexing maps by loop position, body op
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from tdsl.runtime.hostinfo import cache_sizes, usable_cores
@@ -23,9 +24,10 @@ class Host:
     l3_share: int = 2 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=1)
 def host() -> Host:
     """The host's vector width (AVX-512: 512 bits, 32 registers), its usable cores and its
-    caches."""
+    caches (read once per process: about 1 ms, asked by several stages per kernel)."""
     from tdsl.codegen import llvm as cg
 
     _, features = cg.host_cpu()
