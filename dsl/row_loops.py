@@ -76,10 +76,12 @@ def _distinct(root) -> bool:
 
 
 def may_alias(a, b) -> bool:
+    """Whether memory reached from roots `a` and `b` (`root_of`) may overlap."""
     return a == b or not (_distinct(a) and _distinct(b))
 
 
 def accesses(loop) -> list[Access]:
+    """The loads and stores directly in `loop`'s body."""
     found = []
     for op in loop.regions[0].blocks[0].operations:
         op = op.operation
@@ -204,7 +206,6 @@ def fuse_sibling_loops(module) -> int:
     return merged
 
 
-
 def prefetch_next_rows(module) -> int:
     """In each loop over rows whose body makes two or more passes (inner `scf.for` loops) over
     rows of the kernel's arguments, let the heaviest pass reading such a row (the most ops)
@@ -238,6 +239,7 @@ def prefetch_next_rows(module) -> int:
 
 
 def nested_for(op) -> list:
+    """Every `scf.for` nested in `op`, outer loops before the loops they hold."""
     found = []
     for region in op.regions:
         for block in region.blocks:
@@ -261,6 +263,7 @@ def in_prefetch_strip(loop) -> bool:
 
 
 def op_count(loop) -> int:
+    """The number of ops in `loop`'s body (its terminator included)."""
     return len(list(loop.regions[0].blocks[0].operations))
 
 

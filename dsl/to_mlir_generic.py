@@ -60,6 +60,7 @@ class Body:
         self.dim_index: dict[str, str] = {}
 
     def emit(self, text: str, results: int = 1) -> str:
+        """Append an op to the region; its result's SSA name."""
         return self.f._emit_into(self.lines, text, results)
 
     def arg(self, tensor: str, ttype: str, dtype: DType) -> str:
@@ -72,11 +73,13 @@ class Body:
         return self.ops.from_storage(arg, dtype)
 
     def index(self, name: str) -> str:
+        """The `linalg.index` value of loop `name` (emitted once)."""
         if name not in self.dim_index:
             self.dim_index[name] = self.emit(f"linalg.index {self.gen.loops.index(name)} : index")
         return self.dim_index[name]
 
     def value(self, e: Expr) -> str:
+        """The SSA value of expression `e` (each distinct subexpression emitted once)."""
         if e not in self.memo:
             self.memo[e] = self._value(e)
         return self.memo[e]
@@ -162,6 +165,7 @@ class Generic:
         self.by_key: dict[tuple[str, str], int] = {}
 
     def dims(self) -> str:
+        """The loop dimensions `d0, d1, ...` of an indexing map."""
         return ", ".join(f"d{k}" for k in range(len(self.loops)))
 
     def operand(self, tensor: str, ttype: str, map_body: str, elem: str,
