@@ -2,9 +2,9 @@
 several passes over each row: `fuse_sibling_loops` and `prefetch_next_rows`.
 
 A fused row-wise kernel (softmax, layernorm: `tdsl.schedule_rows`) is a loop over rows whose
-body holds one inner loop per linalg op. `fuse_sibling_loops` merges two consecutive inner
-loops into one where that cannot change a result (softmax's exponentials, stored into the row
-temporary, and their sum: one pass instead of two). `prefetch_next_rows` lets the heaviest
+body holds one inner loop per linalg op. `fuse_sibling_loops` merges two small consecutive
+inner loops into one where that cannot change a result (layernorm's `x - mean`, stored into the
+row temporary, and the sum of its squares: one pass instead of two). `prefetch_next_rows` lets the heaviest
 pass over a row prefetch the next row of the inputs the passes read, so that the next row's
 first pass (the maximum, the mean) finds it in cache instead of waiting for memory: the first
 pass was a quarter of softmax's time.
@@ -23,7 +23,7 @@ from tdsl.gpu_ir import access_parts, const_int, depends_on, terminator
 _PLAIN_PREFIXES = ("arith.", "math.", "index.")
 _PLAIN_OPS = frozenset({"memref.load", "memref.store", "affine.apply", "affine.min",
                         "affine.max", "scf.yield"})
-# pure ops that may move from between two fused loops to before the first
+# ops without memory effects besides `_PLAIN_PREFIXES` (`_pure`)
 _PURE_OPS = frozenset({"memref.subview", "memref.dim", "memref.cast", "affine.apply",
                        "affine.min", "affine.max"})
 VIEWS = frozenset({"memref.subview", "memref.cast", "memref.reinterpret_cast",
@@ -148,7 +148,7 @@ def _movable(op, first_accesses: list[Access]) -> bool:
     """Whether `op`, between two loops, may move before the first of them."""
     if len(op.regions):
         return False
-    if op.name in _PURE_OPS or op.name.startswith(_PLAIN_PREFIXES):
+    if _pure(op):
         return True
     if op.name not in ("memref.load", "memref.store"):
         return False
@@ -324,8 +324,8 @@ def _view_chain(body, views: list) -> list:
 
 
 def _pure(op) -> bool:
-    return op.name.startswith(("arith.", "affine.", "index.")) or \
-        op.name in ("memref.subview", "memref.dim", "memref.cast")
+    """An op without memory effects (arithmetic, affine index maps, views, shapes)."""
+    return op.name in _PURE_OPS or op.name.startswith(_PLAIN_PREFIXES)
 
 
 def _next_views(row_loop, views: list) -> list:

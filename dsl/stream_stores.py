@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from tdsl.gpu_ir import access_parts, const_int, depends_on, terminator
 from tdsl.row_loops import (
+    LINE_BYTES,
     VIEWS,
     Access,
     accesses,
@@ -34,7 +35,6 @@ from tdsl.row_loops import (
 )
 
 _LANE_TYPES = ("f32", "f64", "i1", "i8", "i16", "i32", "i64")
-LINE_BYTES = 64
 MIN_PASS_BYTES = 4096
 """Shorter passes are not streamed: their head and tail, up to a cache line each, run in the
 original loop, mostly in its scalar remainder (a 3-D stencil's 254-float rows streamed ran
@@ -94,15 +94,11 @@ def _fence_after(op) -> None:
         llvm.fence(llvm.AtomicOrdering.seq_cst)
 
 
-def _innermost(loop) -> bool:
-    return not any(len(op.operation.regions) for op in loop.regions[0].blocks[0].operations)
-
-
-def _plan(loop, vector_bits: int) -> tuple[Access, int] | None:
-    """(the store, the vector length) of a pass that qualifies, else None."""
+def _plan(loop, vector_bits: int) -> tuple[Access, int, dict] | None:
+    """(the store, the vector length, `lane_offsets`) of a pass that qualifies, else None."""
     if op_count(loop) > BODY_OPS_MAX or const_int(loop.operands[2]) != 1:
         return None
-    if not (_innermost(loop) and plain(loop)) or in_prefetch_strip(loop):
+    if not plain(loop) or in_prefetch_strip(loop):  # plain: no nested regions
         return None
     iv = loop.regions[0].blocks[0].arguments[0]
     offsets = lane_offsets(loop)
@@ -124,7 +120,7 @@ def _plan(loop, vector_bits: int) -> tuple[Access, int] | None:
         return None
     bits = _element_bits(store.memref)
     lanes = vector_bits // bits if bits >= 8 else 0  # an i1 output: no whole bytes
-    return (store, lanes) if lanes >= 2 else None
+    return (store, lanes, offsets) if lanes >= 2 else None
 
 
 # uses of an output that do not read its elements
@@ -248,12 +244,12 @@ def _element_bits(memref) -> int:
     return width if str(element) in _LANE_TYPES and isinstance(width, int) else 0
 
 
-def _stream(loop, store: Access, lanes: int, threshold: int) -> None:
-    """Give `loop` a vector loop over its whole cache lines of the output, run when streaming
-    is possible (`scf.if`), and run `loop` itself twice around it (`scf.for` over two parts):
-    over the head and the tail when streaming, over everything and nothing otherwise. One
-    scalar copy of the pass serves both (clones of it for the head and the tail added 60-100 %
-    to a stencil's compile time)."""
+def _stream(loop, store: Access, lanes: int, offsets: dict, threshold: int) -> None:
+    """Give `loop` a vector loop over its whole cache lines of the output, empty unless
+    streaming is possible, and run `loop` itself over two parts around it: over the head and
+    the tail when streaming, over everything and nothing otherwise. One scalar copy of the pass
+    serves both (clones of it for the head and the tail added 60-100 % to a stencil's compile
+    time)."""
     from mlir import ir
     from mlir.dialects import arith, memref, scf
 
@@ -262,7 +258,6 @@ def _stream(loop, store: Access, lanes: int, threshold: int) -> None:
     iv = body.arguments[0]
     lb, ub = loop.operands[0], loop.operands[1]
     element_bytes = _element_bits(store.memref) // 8
-    offsets = lane_offsets(loop)
     lane_memrefs: list = []
     for access in accesses(loop):
         if _lane_offset(access, iv, offsets) is not None and access.memref not in lane_memrefs:
@@ -271,16 +266,17 @@ def _stream(loop, store: Access, lanes: int, threshold: int) -> None:
         def c(value: int):
             return arith.constant(index, value)
 
+        metadata = {m: _metadata(m) for m in lane_memrefs}  # the store's memref among them
         one, zero = c(1), c(0)
         eq = arith.CmpIPredicate.eq
         ok = arith.cmpi(arith.CmpIPredicate.sge, _bytes(store.root, element_bytes),
                         c(threshold))
         for m in lane_memrefs:
-            ok = arith.andi(ok, arith.cmpi(eq, _strides(m)[-1], one))
+            ok = arith.andi(ok, arith.cmpi(eq, metadata[m][2][-1], one))
         pointer = memref.extract_aligned_pointer_as_index(store.memref)
         ok = arith.andi(ok, arith.cmpi(eq, arith.remui(pointer, c(element_bytes)), zero))
-        position = _offset(store.memref)
-        for u, stride in zip(store.indices[:-1], _strides(store.memref)[:-1], strict=True):
+        position, _, strides = metadata[store.memref]
+        for u, stride in zip(store.indices[:-1], strides[:-1], strict=True):
             position = arith.addi(position, arith.muli(u, stride))
         first = arith.addi(arith.divui(pointer, c(element_bytes)), arith.addi(position, lb))
         line = max(LINE_BYTES // element_bytes, lanes)  # whole cache lines only
@@ -297,7 +293,7 @@ def _stream(loop, store: Access, lanes: int, threshold: int) -> None:
         # reinterpreted with a unit stride are never read.
         head_end = arith.select(ok, start, ub)
         tail_start = arith.select(ok, end, ub)
-        casts = {m: _unit_stride(m) for m in lane_memrefs}
+        casts = {m: _unit_stride(m, *metadata[m]) for m in lane_memrefs}
         vector_loop = scf.ForOp(head_end, tail_start, c(lanes))
         with ir.InsertionPoint(vector_loop.body):
             _vector_body(body, vector_loop.induction_variable, lanes, casts,
@@ -315,19 +311,14 @@ def _stream(loop, store: Access, lanes: int, threshold: int) -> None:
     loop.operands[1] = high
 
 
-def _strides(memref_value) -> list:
+def _metadata(memref_value) -> tuple:
+    """(offset, sizes, strides) of a memref, as index values."""
     from mlir import ir
     from mlir.dialects import memref
 
     rank = ir.MemRefType(memref_value.type).rank
-    meta = memref.extract_strided_metadata(memref_value)
-    return list(meta)[2 + rank:]
-
-
-def _offset(memref_value):
-    from mlir.dialects import memref
-
-    return list(memref.extract_strided_metadata(memref_value))[1]
+    meta = list(memref.extract_strided_metadata(memref_value))
+    return meta[1], meta[2:2 + rank], meta[2 + rank:]
 
 
 def _bytes(root, element_bytes: int):
@@ -342,9 +333,10 @@ def _bytes(root, element_bytes: int):
     return total
 
 
-def _unit_stride(memref_value):
-    """`memref_value` reinterpreted with a static innermost stride of 1 (checked before; a
-    `memref.cast` would be folded back into the vector ops by later canonicalizations)."""
+def _unit_stride(memref_value, offset, sizes: list, strides: list):
+    """`memref_value` (whose `_metadata` are given) reinterpreted with a static innermost
+    stride of 1 (checked before; a `memref.cast` would be folded back into the vector ops by
+    later canonicalizations)."""
     from mlir import ir
     from mlir.dialects import memref
 
@@ -352,8 +344,6 @@ def _unit_stride(memref_value):
     dynamic = ir.ShapedType.get_dynamic_stride_or_offset()
     dynamic_size = ir.ShapedType.get_dynamic_size()
     rank = shaped.rank
-    meta = list(memref.extract_strided_metadata(memref_value))
-    offset, sizes, strides = meta[1], meta[2:2 + rank], meta[2 + rank:]
     layout = ir.StridedLayoutAttr.get(dynamic, [dynamic] * (rank - 1) + [1])
     unit = ir.MemRefType.get(shaped.shape, shaped.element_type, layout, shaped.memory_space)
     dynamic_sizes = [sizes[d] for d in range(rank) if shaped.shape[d] == dynamic_size]
