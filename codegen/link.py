@@ -25,20 +25,19 @@ def find_linker() -> str | None:
     return None
 
 
-def metadata_ir(text: str) -> str:
-    """LLVM IR defining `tdsl_metadata` (the bytes of `text`) and `tdsl_metadata_size`."""
-    data = text.encode("utf-8")
+def metadata_ir(data: bytes) -> str:
+    """LLVM IR defining `tdsl_metadata` (the bytes `data`) and `tdsl_metadata_size`."""
     escaped = "".join(chr(b) if 32 <= b < 127 and b not in (34, 92) else f"\\{b:02X}"
                       for b in data)
     return (f'@{METADATA_SYMBOL} = constant [{len(data)} x i8] c"{escaped}", align 1\n'
             f"@{METADATA_SIZE_SYMBOL} = constant i64 {len(data)}, align 8\n")
 
 
-def metadata_object(text: str) -> bytes:
+def metadata_object(data: bytes) -> bytes:
     """A host object file holding the metadata symbols."""
     from tdsl.codegen import llvm as cg
 
-    return cg.emit_object(cg.parse(metadata_ir(text)))
+    return cg.emit_object(cg.parse(metadata_ir(data)))
 
 
 def _openmp_flags(objects: list[bytes]) -> list[str]:

@@ -165,7 +165,9 @@ def loads(source: str, target: str = DEFAULT_TARGET, filename: str = "<string>")
     """
     _check_target(target)
     if target == "cpu" and _cache_usable():
-        return _load_cached_cpu(source, filename)
+        cached = _load_cached_cpu(source, filename)
+        if cached is not None:
+            return cached
     from tdsl.check import check_source
 
     program = check_source(source, filename)
@@ -193,15 +195,15 @@ def load(path: str | os.PathLike[str], target: str = DEFAULT_TARGET) -> Module:
 
 
 def _cache_usable() -> bool:
-    from tdsl.codegen.link import find_linker
     from tdsl.runtime import cache
 
-    return cache.enabled() and find_linker() is not None and cache.usable()
+    return cache.enabled() and cache.usable()
 
 
-def _load_cached_cpu(source: str, filename: str) -> Module:
-    """The cpu module from the disk cache, compiling and storing it on a miss. A hit needs
-    neither the parser nor the compiler."""
+def _load_cached_cpu(source: str, filename: str) -> Module | None:
+    """The cpu module from the disk cache, compiling and storing it on a miss; None on a miss
+    without a linker (the kernels are then compiled in memory). A hit needs neither the
+    parser, nor the compiler, nor a linker."""
     from tdsl.runtime import cache
     from tdsl.runtime.aot import LibraryError, open_library
 
@@ -209,6 +211,10 @@ def _load_cached_cpu(source: str, filename: str) -> Module:
     for attempt in (1, 2):
         library = cache.lookup(entry)
         if library is None:
+            from tdsl.codegen.link import find_linker
+
+            if find_linker() is None:
+                return None
             from tdsl.check import check_source
             from tdsl.compiler import build_library
 

@@ -3,7 +3,7 @@ objects for every kernel, and self-describing shared libraries (AOT and the disk
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import sys
 import threading
@@ -15,8 +15,8 @@ from pathlib import Path
 import tdsl
 from tdsl import checked as c
 
-FORMAT = 1
-"""Version of the library metadata layout."""
+FORMAT = 2
+"""Version of the library metadata layout (`tdsl.runtime.aot.MARSHAL_MAGIC`)."""
 
 
 @dataclass
@@ -27,9 +27,11 @@ class CompiledProgram:
     metadata: dict
 
     @property
-    def metadata_text(self) -> str:
-        """The metadata as canonical JSON."""
-        return json.dumps(self.metadata, sort_keys=True, separators=(",", ":"))
+    def metadata_bytes(self) -> bytes:
+        """The metadata as the library carries it (`tdsl.runtime.aot.MARSHAL_MAGIC`)."""
+        from tdsl.runtime.aot import MARSHAL_MAGIC
+
+        return MARSHAL_MAGIC + marshal.dumps(self.metadata, 4)
 
 
 def library_metadata(program: c.Program, target: str = "cpu") -> dict:
@@ -77,7 +79,7 @@ def build_library(program: c.Program, output: str | os.PathLike[str]) -> Path:
     from tdsl.codegen.link import link_shared, metadata_object
 
     compiled = compile_program(program)
-    objects = compiled.objects + [metadata_object(compiled.metadata_text)]
+    objects = compiled.objects + [metadata_object(compiled.metadata_bytes)]
     return link_shared(objects, output)
 
 

@@ -1,6 +1,7 @@
 """The on-disk cache of compiled kernels.
 
-An entry is a self-describing shared library (`KEY.so`) and a record (`KEY.json`) holding the
+An entry is a self-describing shared library (`KEY.so`) and a record (`KEY.record`, lines of
+`name=value`: read without importing `json`, which costs a cached load 3 ms) holding the
 library's SHA-256 and the versions that made it. The key needs no parsing: it hashes the
 source bytes, the target, the host CPU (model and feature flags), the versions of tdsl, the
 MLIR bindings and llvmlite, and a fingerprint of the compiler's own files. Writes are atomic
@@ -20,14 +21,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import os
 import stat
 import time
 import warnings
 from pathlib import Path
 
-FORMAT = 1
+FORMAT = 2
+RECORD = ".record"
 _PACKAGE_DIRS = ("dsl", "dsl/check", "codegen", "grammar")
 
 
@@ -227,7 +228,7 @@ def key(source: str, target: str) -> str:
 
 def _paths(entry: str) -> tuple[Path, Path]:
     root = cache_dir()
-    return root / f"{entry}.so", root / f"{entry}.json"
+    return root / f"{entry}.so", root / f"{entry}{RECORD}"
 
 
 def lookup(entry: str) -> Path | None:
@@ -240,16 +241,16 @@ def lookup(entry: str) -> Path | None:
         _drop(entry, f"not trusted: {problem}")
         return None
     try:
-        info = json.loads(record.read_text(encoding="utf-8"))
+        info = parse_record(record.read_text(encoding="utf-8"))
         digest = sha256(lib.read_bytes()).hexdigest()
     except (OSError, ValueError) as exc:
         _drop(entry, f"unreadable ({exc})")
         return None
-    if not isinstance(info, dict) or info.get("sha256") != digest:
+    if info.get("sha256") != digest:
         _drop(entry, "its library does not match its checksum")
         return None
     if (info.get("format"), info.get("key"), info.get("host"), info.get("toolchain")) != (
-            FORMAT, entry, host_id(), toolchain_id()):
+            str(FORMAT), entry, host_id(), toolchain_id()):
         _drop(entry, "its record names another entry, host or compiler")
         return None
     return lib
@@ -289,10 +290,23 @@ def store(entry: str, build) -> Path:
     finally:
         if os.path.exists(staged):
             os.unlink(staged)
-    info = {"format": FORMAT, "key": entry, "sha256": digest, "created": time.time(),
+    info = {"format": FORMAT, "key": entry, "sha256": digest, "created": f"{time.time():.3f}",
             "host": host_id(), "toolchain": toolchain_id()}
-    _atomic_write(record, json.dumps(info).encode())
+    _atomic_write(record, format_record(info).encode())
     return lib
+
+
+def format_record(info: dict) -> str:
+    """A record's text: one `name=value` line per field (no value holds a line break)."""
+    return "".join(f"{name}={value}\n" for name, value in info.items())
+
+
+def parse_record(text: str) -> dict[str, str]:
+    """The fields of a record's text (ValueError when it is not one)."""
+    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    if not fields or len(fields) != len(text.splitlines()):
+        raise ValueError("not a record")
+    return fields
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -314,7 +328,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def info() -> dict:
     """Where the cache is, how many entries it holds and their size in bytes."""
     root = cache_dir()
-    entries = list(root.glob("*.json")) if root.exists() else []
+    entries = list(root.glob(f"*{RECORD}")) if root.exists() else []
     size = sum(p.stat().st_size for p in root.glob("*") if p.is_file()) if root.exists() else 0
     return {"dir": str(root), "entries": len(entries), "bytes": size, "enabled": enabled()}
 
@@ -326,8 +340,8 @@ def clear() -> int:
         return 0
     count = 0
     for path in root.glob("*"):
-        if path.suffix == ".json":
+        if path.suffix == RECORD:
             count += 1
-        if path.is_file() and (path.suffix in (".json", ".so", ".tmp")):
+        if path.is_file() and (path.suffix in (RECORD, ".json", ".so", ".tmp")):
             path.unlink(missing_ok=True)
     return count

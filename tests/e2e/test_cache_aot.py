@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import shutil
 import subprocess
@@ -17,6 +18,8 @@ import pytest
 import tdsl
 from tdsl.cli import main
 from tdsl.codegen.link import find_linker
+from tdsl.runtime import cache
+from tdsl.runtime.aot import MARSHAL_MAGIC
 
 pytestmark = pytest.mark.skipif(find_linker() is None, reason="no C compiler driver to link")
 SOURCE = """
@@ -52,7 +55,7 @@ def test_cold_then_warm_in_a_fresh_process(cache_dir, tmp_path):
     mod = tdsl.load(src)
     x = np.arange(5, dtype=np.float32)
     np.testing.assert_allclose(mod.saxpy(2.0, x, x), 3 * x)
-    entries = list(cache_dir.glob("*.json"))
+    entries = list(cache_dir.glob("*.record"))
     assert len(entries) == 1 and len(list(cache_dir.glob("*.so"))) == 1
     assert oct(cache_dir.stat().st_mode & 0o777) == "0o700"
     done = _fresh_python(f"""
@@ -88,7 +91,7 @@ def test_concurrent_processes_share_one_entry(cache_dir, tmp_path):
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
-    assert len(list(cache_dir.glob("*.json"))) == 1
+    assert len(list(cache_dir.glob("*.record"))) == 1
     assert not list(cache_dir.glob(".*"))
 
 
@@ -102,8 +105,8 @@ def test_corrupted_entry_is_dropped_and_rebuilt(cache_dir):
         mod = tdsl.loads(SOURCE)
     x = np.ones(3, np.float32)
     np.testing.assert_array_equal(mod.saxpy(1.0, x, x), 2 * x)
-    (record,) = cache_dir.glob("*.json")
-    assert json.loads(record.read_text())["sha256"]
+    (record,) = cache_dir.glob("*.record")
+    assert cache.parse_record(record.read_text())["sha256"]
 
 
 def test_cache_disabled(cache_dir, monkeypatch):
@@ -117,7 +120,7 @@ def test_cache_disabled(cache_dir, monkeypatch):
 def test_different_sources_different_entries(cache_dir):
     tdsl.loads(SOURCE)
     tdsl.loads(SOURCE + "\n# another comment\n")
-    assert len(list(cache_dir.glob("*.json"))) == 2
+    assert len(list(cache_dir.glob("*.record"))) == 2
 
 
 def test_cache_cli(cache_dir, capsys):
@@ -157,6 +160,35 @@ def test_load_library_rejects_other_files(tmp_path):
     bogus.write_bytes(b"not a library")
     with pytest.raises(ValueError, match="cannot load"):
         tdsl.load_library(bogus)
+
+
+def _library_with_metadata(tmp_path, data: bytes) -> Path:
+    from tdsl.check import check_source
+    from tdsl.codegen.link import link_shared, metadata_object
+    from tdsl.compiler import compile_program
+
+    compiled = compile_program(check_source(SOURCE, "k.tdsl"))
+    return link_shared(compiled.objects + [metadata_object(data)], tmp_path / "libk.so")
+
+
+def test_libraries_with_json_metadata_still_load(tmp_path):
+    """Libraries written before the metadata moved to marshal (format 1: JSON) load."""
+    from tdsl.check import check_source
+    from tdsl.compiler import library_metadata
+
+    meta = dict(library_metadata(check_source(SOURCE, "k.tdsl")), format=1)
+    lib = _library_with_metadata(tmp_path, json.dumps(meta).encode())
+    x = np.arange(4, dtype=np.float32)
+    assert tdsl.load_library(lib).saxpy(2.0, x, x).tolist() == [0.0, 3.0, 6.0, 9.0]
+
+
+@pytest.mark.parametrize("data", [MARSHAL_MAGIC + b"\x00garbage", MARSHAL_MAGIC,
+                                  MARSHAL_MAGIC + marshal.dumps([1, 2], 4), b"{not json",
+                                  b"\xff\xfe"])
+def test_corrupt_library_metadata_is_refused(tmp_path, data):
+    lib = _library_with_metadata(tmp_path, data)
+    with pytest.raises(ValueError, match="corrupt tdsl metadata"):
+        tdsl.load_library(lib)
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")

@@ -163,7 +163,7 @@ def _variant(n: int) -> str:
 
 def _entries_valid(cache_dir) -> int:
     """Every entry of the cache checks out; no temporary file is left. The count."""
-    records = sorted(cache_dir.glob("*.json"))
+    records = sorted(cache_dir.glob("*.record"))
     for record in records:
         assert cache.lookup(record.stem) is not None, record
     return len(records)
@@ -228,7 +228,7 @@ def test_process_killed_while_writing_an_entry(cache_dir, where):
     assert line.strip(), proc.stderr.read()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    assert not list(cache_dir.glob("*.json"))  # no complete record: nothing to use
+    assert not list(cache_dir.glob("*.record"))  # no complete record: nothing to use
     done = subprocess.run([sys.executable, "-c", CHECK, src], env=_env(cache_dir),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
@@ -249,7 +249,7 @@ def test_processes_killed_at_random_moments(cache_dir):
         procs[0].send_signal(signal.SIGKILL)
         for p in procs:
             p.wait(timeout=600)
-        for record in cache_dir.glob("*.json"):  # a record is only ever complete
+        for record in cache_dir.glob("*.record"):  # a record is only ever complete
             assert cache.lookup(record.stem) is not None
     done = subprocess.run([sys.executable, "-c", CHECK, src], env=_env(cache_dir),
                           capture_output=True, text=True, timeout=600)
