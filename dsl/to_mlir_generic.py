@@ -114,8 +114,12 @@ def loop_order(par: tuple[str, ...], red: tuple[str, ...], body: Expr | None) ->
 
     The innermost loop is the one that most reads (and the target) index with a bare last
     subscript, i.e. walk contiguously in C-ordered arrays, so that LLVM vectorizes it: for a
-    matmul `C[m, n] = sum[k](A[m, k] * B[k, n])`, `n` rather than `k`. Ties keep the natural
-    order (statement indices, then reduction indices innermost).
+    matmul `C[m, n] = sum[k](A[m, k] * B[k, n])`, `n` rather than `k`. A last subscript that
+    adds statement indices to others with unit coefficients (`x[n, c, i + r, j + s]`) counts
+    for the statement indices only: the reduction indices of such windows are short (a
+    convolution's filter width), so a convolution accumulates along `j`, in vectors, rather
+    than along `s`. Ties keep the natural order (statement indices, then reduction indices
+    innermost).
     """
     loops = list(par) + list(red)
     if len(loops) < 2 or body is None:
@@ -124,11 +128,25 @@ def loop_order(par: tuple[str, ...], red: tuple[str, ...], body: Expr | None) ->
     if par:
         score[par[-1]] += 1
     for read in expr_reads(body):
-        name = read.subscripts[-1].as_name() if read.subscripts else None
-        if name in score:
-            score[name] += 1
+        for name in _contiguous_indices(read, par):
+            if name in score:
+                score[name] += 1
     best = max(reversed(loops), key=lambda n: score[n])  # the last of the best on a tie
     return [n for n in loops if n != best] + [best]
+
+
+def _contiguous_indices(read: Read, par: tuple[str, ...]) -> list[str]:
+    """The indices along which `read` walks its last axis element by element: a bare last
+    subscript, or the statement indices of a sum of indices with unit coefficients."""
+    if not read.subscripts:
+        return []
+    last = read.subscripts[-1]
+    name = last.as_name()
+    if name is not None:
+        return [name]
+    if any(not isinstance(atom, str) or coef != 1 for atom, coef in last.terms):
+        return []
+    return [atom for atom, _ in last.terms if atom in par]
 
 
 def expr_reads(e: Expr) -> list[Read]:

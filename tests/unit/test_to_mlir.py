@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 import handbuilt_kernels as hk  # noqa: E402
 
+from tdsl.check import check_source  # noqa: E402
 from tdsl.checked import Read, Reduce  # noqa: E402
 from tdsl.to_mlir import (  # noqa: E402
     affine_expr,
@@ -100,8 +101,9 @@ def test_literals_are_exact():
 
 def test_shifted_read_is_an_indexing_map_and_reduction_iterator():
     text = kernel_to_mlir(hk.conv1d())
-    assert "affine_map<(d0, d1) -> (d0 + d1)>" in text
-    assert 'iterator_types = ["parallel", "reduction"]' in text
+    assert "affine_map<(d0, d1) -> (d1 + d0)>" in text
+    # the window index outside: the loop over i, along x and y, vectorizes
+    assert 'iterator_types = ["reduction", "parallel"]' in text
     assert "tensor.extract" not in text
 
 
@@ -209,8 +211,16 @@ def test_loop_order_puts_the_contiguous_loop_innermost():
     assert loop_order(("m", "n"), ("k",), mm) == ["m", "k", "n"]
     sm = hk.softmax().statements[0].expr  # max over the row: the reduction stays inside
     assert loop_order(("b",), ("n",), sm) == ["b", "n"]
-    conv = hk.conv1d().statements[0].expr  # x[i + r] is not bare: natural order
-    assert loop_order(("i",), ("r",), conv) == ["i", "r"]
+    # x[i + r] walks along i and along the (short) window r: i, so the loop vectorizes
+    conv = hk.conv1d().statements[0].expr
+    assert loop_order(("i",), ("r",), conv) == ["r", "i"]
+    conv2d = check_source(
+        "kernel conv(x: f32[N, C, H, W], w: f32[F, C, R, S])\n"
+        "        -> (out: f32[N, F, H - R + 1, W - S + 1]) {\n"
+        "    out[n, f, i, j] = sum[c, r, s](x[n, c, i + r, j + s] * w[f, c, r, s])\n}\n",
+        "<conv>").kernels[0].statements[0].expr
+    assert loop_order(("n", "f", "i", "j"), ("c", "r", "s"), conv2d) == \
+        ["n", "f", "i", "c", "r", "s", "j"]
     text = kernel_to_mlir(hk.matmul())
     assert 'iterator_types = ["parallel", "reduction", "parallel"]' in text
     assert "affine_map<(d0, d1, d2) -> (d0, d2)>" in text  # C[m, n] with k in the middle
