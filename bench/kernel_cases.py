@@ -71,11 +71,12 @@ class Sizes:
     cube: int
     matmul: tuple[int, ...]
     attention: tuple[int, int, int]  # heads, sequence length, head width
+    conv: tuple[int, int, int, int, int]  # images, channels, height = width, filters, R = S
 
 
-FULL = Sizes(4096, 4096, 4096 * 4096, 256, (1024, 2048), (4, 512, 64))
-QUICK = Sizes(256, 256, 256 * 256, 32, (128, 256), (2, 64, 32))
-TINY = Sizes(4, 8, 16, 4, (8,), (1, 4, 8))
+FULL = Sizes(4096, 4096, 4096 * 4096, 256, (1024, 2048), (4, 512, 64), (8, 64, 58, 64, 3))
+QUICK = Sizes(256, 256, 256 * 256, 32, (128, 256), (2, 64, 32), (2, 8, 18, 8, 3))
+TINY = Sizes(4, 8, 16, 4, (8,), (1, 4, 8), (1, 2, 6, 2, 3))
 
 
 @dataclass
@@ -368,6 +369,31 @@ def case_matmul(sz: Sizes, want: set[str]) -> list[Case]:
     return cases
 
 
+def case_conv(sz: Sizes, want: set[str]) -> list[Case]:
+    """A 3x3 convolution layer (samples/conv2d.tdsl: conv2d); numpy's is im2col (a strided
+    view) and one BLAS product through `einsum`."""
+    n, c, hw, f, r = sz.conv
+    rng = seeded_rng()
+    x, w = uniform_f32(rng, (n, c, hw, hw)), uniform_f32(rng, (f, c, r, r))
+    out_shape = (n, f, hw - r + 1, hw - r + 1)
+
+    def np_conv() -> np.ndarray:
+        windows = np.lib.stride_tricks.sliding_window_view(x, (r, r), axis=(2, 3))
+        return np.einsum("ncijrs,fcrs->nfij", windows, w, optimize=True)
+
+    impls: dict[str, Callable[[], Any]] = {}
+    if "tdsl" in want:
+        k, out = tdsl_kernel("conv2d", "conv2d"), np.empty(out_shape, np.float32)
+        impls["tdsl"] = lambda: k(x, w, out=out)
+    if "numpy" in want:
+        impls["numpy"] = np_conv
+    _add_numba(impls, want, "nb_conv2d", (x, w), np.empty(out_shape, np.float32))
+    flops = 2.0 * math.prod(out_shape) * c * r * r
+    return [Case("conv2d 3x3", "conv", f"{n}x{c}x{hw}x{hw} F{f}", "f32",
+                 x.nbytes + w.nbytes + 4 * math.prod(out_shape), flops, "flop", impls,
+                 1e-4, 1e-4 * math.sqrt(c * r * r), tdsl=("conv2d", "conv2d"))]
+
+
 def case_attention(sz: Sizes, want: set[str]) -> list[Case]:
     """Causal multi-head attention (samples/attention.tdsl: mha_causal)."""
     heads, t, d = sz.attention
@@ -409,6 +435,7 @@ BUILDERS: tuple[tuple[tuple[str, ...], Callable[[Sizes, set[str]], list[Case]]],
     (("chain", "exp", "tanh", "erf", "tanh*sigmoid+x*y"), case_elementwise),
     (("stencil2d", "stencil3d"), case_stencils),
     (("matmul",), case_matmul),
+    (("conv2d",), case_conv),
     (("attention",), case_attention),
 )
 """The case builders and the names of the cases each makes (for `--only`)."""

@@ -194,6 +194,26 @@ def nb_matmul_nt(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
             c[i, j] = acc
 
 
+def nb_conv2d(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
+    """Valid 2-D convolution (NCHW, FCRS), one (image, filter) plane per parallel iteration,
+    accumulated along the output row (the loop order that vectorizes)."""
+    n_img, channels = x.shape[0], x.shape[1]
+    filters, _, fr, fs = w.shape
+    rows, cols = out.shape[2], out.shape[3]
+    for nf in prange(n_img * filters):
+        n, f = nf // filters, nf % filters
+        for i in range(rows):
+            for j in range(cols):
+                out[n, f, i, j] = F0
+        for c in range(channels):
+            for r in range(fr):
+                for q in range(fs):
+                    wv = w[f, c, r, q]
+                    for i in range(rows):
+                        for j in range(cols):
+                            out[n, f, i, j] += x[n, c, i + r, j + q] * wv
+
+
 def nb_mha_causal(q: np.ndarray, k: np.ndarray, v: np.ndarray, o: np.ndarray) -> None:
     """Causal multi-head attention, one (head, query) row per parallel iteration."""
     heads, t, d = q.shape
@@ -268,7 +288,7 @@ NUMBA_FUNCS: dict[str, Callable[..., Any]] = {
     f.__name__: f for f in (nb_saxpy, nb_sum, nb_softmax, nb_layernorm, nb_rmsnorm_gelu,
                             nb_chain, nb_exp, nb_tanh, nb_erf, nb_tanh_sigmoid,
                             nb_laplacian2d, nb_laplacian3d, nb_matmul, nb_matmul_nt,
-                            nb_mha_causal)
+                            nb_conv2d, nb_mha_causal)
 }
 """The Numba kernels compared against tdsl (compile.py times their first-call compile)."""
 

@@ -10,9 +10,11 @@ CPU stages (each prints as `tdsl compile FILE --emit STAGE`):
 | `bufferized`   | linalg on memrefs, temporaries freed     | MLIR passes, `bound_packed_k_loops` |
 | `loops`        | scf loops; outermost parallel kept; row  | MLIR passes, `tdsl.parallel_loops`, |
 |                | passes fused, next rows prefetched;      | `tdsl.row_loops`,                   |
-|                | large outputs written by streaming stores| `tdsl.stream_stores`                |
+|                | large outputs written by streaming stores| `tdsl.stream_stores`,               |
+|                | accumulations not interleaved            | `tdsl.loop_hints`                   |
 | `openmp`       | omp.parallel with a work threshold       | MLIR pass, `tdsl.parallel_loops`    |
-| `llvm-dialect` | the LLVM dialect                         | MLIR passes, then `noalias` args    |
+| `llvm-dialect` | the LLVM dialect                         | MLIR passes, `noalias` args, loop   |
+|                |                                          | annotations on the back edges       |
 | `llvm`         | LLVM IR after O3 (vectorized loops)      | translation, entry wrapper, llvmlite|
 | `asm`          | host assembly                            | llvmlite                            |
 | `obj`          | host object file (bytes)                 | llvmlite                            |
@@ -73,7 +75,9 @@ CPU_STAGES: tuple[Stage, ...] = (
           "an scf.parallel (tdsl.parallel_loops), after a tagged work-threshold test; small "
           "consecutive passes over a row fused, the heaviest one prefetching the next row "
           "(tdsl.row_loops); passes writing a large output vectorized with aligned "
-          "non-temporal stores behind a run-time test (tdsl.stream_stores)",
+          "non-temporal stores behind a run-time test (tdsl.stream_stores); accumulations "
+          "along a loop (a convolution's output rows) marked not to interleave "
+          "(tdsl.loop_hints)",
           ("func.func(scf-forall-to-parallel)", "func.func(convert-linalg-to-parallel-loops)",
            "canonicalize", "cse")),
     Stage("openmp", "each scf.parallel an omp.parallel + omp.wsloop with its threshold as the "
@@ -240,6 +244,7 @@ def _run_mlir(text: str, name: str, stages: Sequence[str], wanted: set[str],
                 bound_packed_k_loops(module)
                 accumulate_from_zero(module)
             if stage_name == "loops":
+                from tdsl.loop_hints import hint_accumulations
                 from tdsl.parallel_loops import outer_parallel_loops
                 from tdsl.row_loops import fuse_sibling_loops, prefetch_next_rows
                 from tdsl.stream_stores import stream_stores
@@ -248,12 +253,16 @@ def _run_mlir(text: str, name: str, stages: Sequence[str], wanted: set[str],
                 fuse_sibling_loops(module)
                 prefetch_next_rows(module)
                 stream_stores(module)
+                hint_accumulations(module)
             if stage_name == "openmp" and groups:
                 from tdsl.parallel_loops import attach_parallel_if
 
                 attach_parallel_if(module)
             if stage_name == "llvm-dialect":
+                from tdsl.loop_hints import promote_loop_annotations
+
                 mark_noalias(module, name)
+                promote_loop_annotations(module)
             _verify(module, stage_name, name)
             result.timings[stage_name] = time.perf_counter() - start
             if stage_name in wanted:
