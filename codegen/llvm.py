@@ -35,10 +35,13 @@ OPENMP_PREFIXES = ("__kmpc_", "omp_")  # libomp's entry points (tdsl.runtime.thr
 
 
 # Compile time versus code: the loop vectorizer stays on (with interleaving, which gives
-# reductions several accumulators), but the vectorized epilogue loop and the runtime unrolling
-# of scalar remainder loops are off (they doubled code size and compile time for little gain),
-# and so is the generic loop unroller. These `cl::opt` flags are global to the process's LLVM.
-LLVM_FLAGS = ("-enable-epilogue-vectorization=false", "-unroll-runtime=false")
+# reductions several accumulators), but the vectorized epilogue loop is off (it doubled code
+# size and compile time for little gain), and so is the generic loop unroller (its runtime
+# unrolling of remainder loops too). The epilogue switch is a `cl::opt`, global to the
+# process's LLVM, which Numba shares: it is set for the length of `optimize` only, then put
+# back to LLVM's default (set for good, it cost a Numba convolution in the same process 6x).
+SCOPED_FLAGS = {"-enable-epilogue-vectorization": ("false", "true")}
+"""Each LLVM flag `optimize` sets: (tdsl's value, LLVM's default, restored afterwards)."""
 LOOP_UNROLLING = False
 LOOP_INTERLEAVING = True
 
@@ -55,8 +58,6 @@ def _init() -> None:
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
         llvm.initialize_native_asmparser()
-        for flag in LLVM_FLAGS:
-            llvm.set_option("tdsl", flag)
         # The JIT resolves calls from the process's libraries: libm, and libgcc_s for the
         # conversions LLVM leaves to a runtime routine (f64 -> f16 `__truncdfhf2`, and f32 ->
         # f16 without F16C), which the shared-library path gets from the linker.
@@ -123,7 +124,13 @@ def optimize(mod: llvm.ModuleRef, speed_level: int = 3) -> llvm.ModuleRef:
         pto.loop_interleaving = LOOP_INTERLEAVING
         pb = llvm.create_pass_builder(tm, pto)
         pm = pb.getModulePassManager()
-        pm.run(mod, pb)
+        for flag, (ours, _) in SCOPED_FLAGS.items():
+            llvm.set_option("tdsl", f"{flag}={ours}")
+        try:
+            pm.run(mod, pb)
+        finally:
+            for flag, (_, default) in SCOPED_FLAGS.items():
+                llvm.set_option("tdsl", f"{flag}={default}")
         mod.verify()
     return mod
 

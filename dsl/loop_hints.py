@@ -5,7 +5,7 @@ with the reduction loops around it (a convolution, a window sum: `tdsl.to_mlir_g
 the output's contiguous index innermost), runs once per output row and reduction step, over a
 row of the output: often a short loop (a convolution's output width). LLVM vectorizes it 8
 wide and interleaves 4 vectors, so a 56-element row ran 32 elements in vectors and 24 in the
-scalar remainder (the vectorized epilogue is off: `tdsl.codegen.llvm.LLVM_FLAGS`). With an
+scalar remainder (the vectorized epilogue is off: `tdsl.codegen.llvm.SCOPED_FLAGS`). With an
 interleave count of 1 the same row is 7 vectors: a 3x3 convolution 4x faster (8 x 64 x 58 x 58,
 64 filters, 1 thread: 731 -> 156 ms). On long rows the interleaved loop is faster (a 3x3
 filter over 4096 x 4096: 34 against 45 ms; a column sum 7.4 against 8.4), so the loop runs

@@ -134,3 +134,42 @@ def test_runtime_imports_no_compiler():
             "bad = [m for m in ('mlir', 'lark', 'llvmlite') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+_ADD_LOOP = """
+define void @add(ptr noalias %a, ptr noalias %b, i64 %n) {
+entry:
+  %c = icmp sgt i64 %n, 0
+  br i1 %c, label %loop, label %exit
+loop:
+  %i = phi i64 [ 0, %entry ], [ %next, %loop ]
+  %pa = getelementptr float, ptr %a, i64 %i
+  %pb = getelementptr float, ptr %b, i64 %i
+  %x = load float, ptr %pa
+  %y = load float, ptr %pb
+  %s = fadd float %x, %y
+  store float %s, ptr %pa
+  %next = add i64 %i, 1
+  %done = icmp eq i64 %next, %n
+  br i1 %done, label %exit, label %loop
+exit:
+  ret void
+}
+"""
+
+
+def test_llvm_flags_are_ours_only_while_we_optimize():
+    """tdsl's O3 has no vectorized epilogue; LLVM's own O3 in the same process (Numba's)
+    keeps it, before and after a tdsl compile (a global flag left set cost Numba 4-6x)."""
+    import llvmlite.binding as llvm
+
+    def others_o3() -> str:
+        mod = cg.parse(_ADD_LOOP)
+        pb = llvm.create_pass_builder(cg._shared_target_machine(),
+                                      llvm.create_pipeline_tuning_options(speed_level=3))
+        pb.getModulePassManager().run(mod, pb)
+        return str(mod)
+
+    assert "vec.epilog" in others_o3()
+    assert "vec.epilog" not in str(cg.optimize(cg.parse(_ADD_LOOP)))
+    assert "vec.epilog" in others_o3()
