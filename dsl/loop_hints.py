@@ -85,9 +85,9 @@ def window_read(loop) -> bool:
     for access in accesses(loop):
         if access.write or not access.indices:
             continue
-        last = access.indices[-1]
-        owner = last.owner
-        if not hasattr(owner, "name") or owner.name not in ("affine.apply", "arith.addi"):
+        owner = access.indices[-1].owner  # a block for a block argument
+        owner = getattr(owner, "operation", owner)
+        if getattr(owner, "name", None) not in ("affine.apply", "arith.addi"):
             continue
         varying = [v for v in owner.operands if const_int(v) is None]
         if len(varying) >= 2 and iv in varying:
