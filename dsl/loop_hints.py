@@ -21,7 +21,8 @@ the branch's own `loop_annotation` (what the translation to LLVM IR reads).
 from __future__ import annotations
 
 from tdsl.gpu_ir import const_int, depends_on
-from tdsl.row_loops import accesses, nested_for, plain
+from tdsl.row_loops import Access, accesses, plain
+from tdsl.schedule_ir import nested_ops
 
 ANNOTATION = "llvm.loop_annotation"
 SHORT = 128
@@ -35,7 +36,7 @@ def hint_accumulations(module) -> int:
     interleave count of 1, run when the loop is shorter than `SHORT`. Returns the number of
     loops versioned."""
     count = 0
-    for loop in nested_for(module.operation):
+    for loop in nested_ops(module.operation, "scf.for"):
         if accumulates_along(loop) and const_int(loop.operands[2]) == 1:
             _version(loop)
             count += 1
@@ -65,10 +66,12 @@ def accumulates_along(loop) -> bool:
     """True for a plain innermost loop whose every store writes an element that depends on
     the induction variable and that the body also loads (read, update, write back), and that
     reads a window (`window_read`)."""
-    if not plain(loop) or not window_read(loop):
+    if not plain(loop):
         return False
     iv = loop.regions[0].blocks[0].arguments[0]
     found = accesses(loop)
+    if not window_read(found, iv):
+        return False
     stores = [a for a in found if a.write]
     if not stores:
         return False
@@ -77,12 +80,12 @@ def accumulates_along(loop) -> bool:
                for s in stores)
 
 
-def window_read(loop) -> bool:
-    """True when a load's last index adds the induction variable to another loop's value
-    (`x[.., j + s]`): a convolution or a window sum, whose rows are often short. A column
-    sum's rows (`y[j] += x[i, j]`) are as long as the input's, and stay as they are."""
-    iv = loop.regions[0].blocks[0].arguments[0]
-    for access in accesses(loop):
+def window_read(found: list[Access], iv) -> bool:
+    """True when one of a loop's loads (`found`) has a last index that adds the induction
+    variable `iv` to another loop's value (`x[.., j + s]`): a convolution or a window sum,
+    whose rows are often short. A column sum's rows (`y[j] += x[i, j]`) are as long as the
+    input's, and stay as they are."""
+    for access in found:
         if access.write or not access.indices:
             continue
         owner = access.indices[-1].owner  # a block for a block argument
@@ -98,14 +101,7 @@ def window_read(loop) -> bool:
 def promote_loop_annotations(module) -> None:
     """Turn the discardable `llvm.loop_annotation` that `convert-scf-to-cf` leaves on a loop's
     back edge into the `llvm.br`'s `loop_annotation`, in place."""
-    pending = [module.operation]
-    while pending:
-        op = pending.pop()
-        for region in op.regions:
-            for block in region.blocks:
-                for inner in block.operations:
-                    inner = inner.operation
-                    if inner.name == "llvm.br" and ANNOTATION in inner.attributes:
-                        inner.attributes["loop_annotation"] = inner.attributes[ANNOTATION]
-                        del inner.attributes[ANNOTATION]
-                    pending.append(inner)
+    for branch in nested_ops(module.operation, "llvm.br"):
+        if ANNOTATION in branch.attributes:
+            branch.attributes["loop_annotation"] = branch.attributes[ANNOTATION]
+            del branch.attributes[ANNOTATION]

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tdsl.gpu_ir import access_parts, const_int, depends_on, terminator
+from tdsl.schedule_ir import nested_ops
 
 # ops of a "plain" loop body: no regions, no memory effects but loads and stores
 _PLAIN_PREFIXES = ("arith.", "math.", "index.")
@@ -214,7 +215,7 @@ def prefetch_next_rows(module) -> int:
     next rows first (LLVM does not vectorize a loop with a prefetch in it), and a remainder
     loop. Returns the number of passes given prefetches."""
     count = 0
-    for row_loop in nested_for(module.operation):
+    for row_loop in nested_ops(module.operation, "scf.for"):
         body = row_loop.regions[0].blocks[0]
         passes = [op.operation for op in body.operations if op.operation.name == "scf.for"]
         if len(passes) < 2 or const_int(row_loop.operands[2]) != 1:
@@ -236,18 +237,6 @@ def prefetch_next_rows(module) -> int:
             _strip_with_prefetches(row_loop, target, views)
             count += 1
     return count
-
-
-def nested_for(op) -> list:
-    """Every `scf.for` nested in `op`, outer loops before the loops they hold."""
-    found = []
-    for region in op.regions:
-        for block in region.blocks:
-            for inner in block.operations:
-                if inner.operation.name == "scf.for":
-                    found.append(inner.operation)
-                found += nested_for(inner.operation)
-    return found
 
 
 def _writes_argument(loop) -> bool:

@@ -29,10 +29,10 @@ from tdsl.row_loops import (
     in_prefetch_strip,
     is_argument,
     may_alias,
-    nested_for,
     op_count,
     plain,
 )
+from tdsl.schedule_ir import nested_ops
 
 _LANE_TYPES = ("f32", "f64", "i1", "i8", "i16", "i32", "i64")
 MIN_PASS_BYTES = 4096
@@ -62,7 +62,7 @@ def stream_stores(module) -> int:
     vector_bits = host().vector_bits
     threshold = min_bytes()
     count = 0
-    for loop in nested_for(module.operation):
+    for loop in nested_ops(module.operation, "scf.for"):
         plan = _plan(loop, vector_bits)
         if plan is not None:
             _fence_after(_outermost(loop))

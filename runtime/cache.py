@@ -303,8 +303,9 @@ def format_record(info: dict) -> str:
 
 def parse_record(text: str) -> dict[str, str]:
     """The fields of a record's text (ValueError when it is not one)."""
-    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-    if not fields or len(fields) != len(text.splitlines()):
+    lines = text.splitlines()
+    fields = dict(line.split("=", 1) for line in lines if "=" in line)
+    if not fields or len(fields) != len(lines):
         raise ValueError("not a record")
     return fields
 
