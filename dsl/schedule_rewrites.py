@@ -184,3 +184,27 @@ def pack_in_place(module) -> None:
             empty = tensor.empty(shaped.shape, shaped.element_type)
         alloc.result.replace_all_uses_with(empty)
         alloc.erase()
+
+
+def align_vector_buffers(module) -> None:
+    """Align every stack buffer that is read or written as whole vectors (`vector.type_cast`,
+    the slow path of `split_transfer_full_partial`) to its vectors' size, in place. Upstream
+    allocates it 32-byte aligned while LLVM gives a `<32 x float>` access its natural 128-byte
+    alignment, so AVX-512 code used aligned 64-byte moves on a buffer that the stack placed at
+    32 mod 64: `bmm_nt` crashed on every call."""
+    from mlir import ir
+
+    for cast in nested_ops(module.operation, "vector.type_cast"):
+        owner = cast.operands[0].owner
+        alloca = owner.operation if hasattr(owner, "operation") else owner
+        if not isinstance(alloca, ir.Operation) or alloca.name != "memref.alloca":
+            continue
+        vector = ir.VectorType(ir.MemRefType(cast.results[0].type).element_type)
+        size = vector.shape[-1] * max(getattr(vector.element_type, "width", 32) // 8, 1)
+        natural = 1 << (size - 1).bit_length()
+        current = (ir.IntegerAttr(alloca.attributes["alignment"]).value
+                   if "alignment" in alloca.attributes else 0)
+        if natural > current:
+            alloca.attributes["alignment"] = ir.IntegerAttr.get(
+                ir.IntegerType.get_signless(64), natural)
+

@@ -110,7 +110,7 @@ from tdsl.schedule_ir import (
     tileable,
     users,
 )
-from tdsl.schedule_rewrites import pack_in_place
+from tdsl.schedule_rewrites import align_vector_buffers, pack_in_place
 from tdsl.schedule_rows import (  # noqa: F401 - ROW_FUSION_MAX_OPS: a knob
     ROW_FUSION_MAX_OPS,
     row_plan,
@@ -343,3 +343,4 @@ def lower_vectors(module) -> None:
         ).run(module.operation)
     finally:
         strip_schedules(module)
+    align_vector_buffers(module)
