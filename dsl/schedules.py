@@ -43,6 +43,16 @@ root instead: its rows are the per-core chunks and its columns the NC loop, the 
 fill fused into both, so each NC block of the product is finished while in cache and no
 temporary of the whole product is allocated.
 
+Direct convolutions (`conv`, `tdsl.schedule_conv`): a kernel that is one generic
+`out[.., f, .., j] = sum(image[.., j + s] * filter[..])` (its fill aside; 1-D and 2-D
+convolutions, `f` a loop of the filter and the output but not of the image) gets register tiles
+of `MR` filters x `NR` output columns (the contraction's register tile) kept in vector registers
+over every reduction step, as outer products of the `MR` filter values (broadcast) with `NR`
+image values (two vector loads): one `scf.forall` chunk of filters per core, the tile loops
+peeled, the partial tiles masked. conv2d (8 x 64 x 58 x 58, 64 3x3 filters) went from 80 to
+42 ms on one thread (AVX-512) and the plain loops' 52 to 21 ms on two. Versioned like the
+contractions.
+
 Contractions inside a larger kernel (`inner`, `schedule_inner.inner_contractions_script`):
 a chain of two or more products (attention's `q @ k.T` and `p @ v`, 2-D or batched; at most
 `INNER_MAX_PRODUCTS`), or a batched product among other ops that row-wise fusion does not take,
@@ -98,6 +108,7 @@ from tdsl.schedule_contraction import (  # noqa: F401 - ContractionTiles: the ti
     is_contraction,
     transpose_b_operands,
 )
+from tdsl.schedule_conv import conv_dims, conv_script, outer_products
 from tdsl.schedule_inner import fused_products_script, inner_contractions_script
 from tdsl.schedule_ir import (
     SCHEDULE_NAME,
@@ -217,7 +228,7 @@ def versioned_text(func, symbol: str) -> str:
 class Plan:
     """What `plan_schedule` decided: the kind, the payload functions and the script."""
 
-    kind: str  # "rows" | "contraction" | "blocks" | "inner" | "split"
+    kind: str  # "rows" | "contraction" | "conv" | "blocks" | "inner" | "split"
     script: str
     versioned: bool = False
 
@@ -245,6 +256,12 @@ def plan_schedule(module, symbol: str, h: Host | None = None) -> Plan | None:
                                         f"f{info.elem_bits}", h.cores,
                                         epilogue(infos, index) if len(mnk) == 3 else None)
             return Plan("contraction", script, versioned=True)
+    dims = conv_dims(infos[-1]) if [i.name for i in infos] == ["linalg.fill",
+                                                               "linalg.generic"] else None
+    if dims is not None:  # a convolution from zero, alone in its kernel
+        tiles = contraction_tiles(h, infos[-1].elem_bits)
+        return Plan("conv", conv_script(symbol + _UNIT, 2, 1, dims, tiles, h.cores),
+                    versioned=True)
     t = row_plan(infos)
     if len(products) > 1 or products and not t:  # a chain of products (attention)
         tiles = contraction_tiles(h, infos[products[0][0]].elem_bits)
@@ -307,6 +324,10 @@ def apply_schedule(module, symbol: str, h: Host | None = None):
         passmanager.PassManager.parse(
             f"builtin.module(transform-interpreter{{entry-point={SCHEDULE_NAME}}}, "
             "canonicalize, cse)").run(scheduled.operation)
+        if plan.kind == "conv":
+            outer_products(scheduled.operation)
+            passmanager.PassManager.parse("builtin.module(canonicalize, cse)").run(
+                scheduled.operation)
         if not scheduled.operation.verify():
             return module
         pack_in_place(scheduled)
