@@ -15,6 +15,9 @@ from tdsl.schedule_contraction import (
 )
 from tdsl.schedule_ir import LinalgInfo, nested_ops, sequence
 
+CONV_TILE = "tdsl.conv_tile"
+"""Marks the convolution and its tiles (the kernel's other ops keep their plain loops)."""
+
 
 @dataclass(frozen=True)
 class ConvDims:
@@ -93,7 +96,7 @@ def _positions(expr) -> list[int]:
 def conv_script(func_symbol: str, n_ops: int, index: int, dims: ConvDims,
                 tiles: ContractionTiles, cores: int = 1) -> str:
     """The transform script of one convolution (linalg op `index` of `n_ops`, its fill the
-    other): its loops interchanged to `dims.order`, split into one `scf.forall` chunk of
+    op before it; the ops after it are left alone): its loops interchanged to `dims.order`, split into one `scf.forall` chunk of
     filters per core, its parallel loops tiled by one but `MR` filters (`f`) and `NR` output
     columns (`j`), the fill fused in; the `f` and `j` tile loops peeled; every tile cut into
     one step of each reduction loop (channels, window rows, window columns) around a tile
@@ -115,6 +118,7 @@ def conv_script(func_symbol: str, n_ops: int, index: int, dims: ConvDims,
     loop_names = ", ".join(f"%cl{i}" for i in range(n_parallel))
     lines = [
         *_linalg_handles(func_symbol, n_ops),
+        f'transform.annotate %p{index} "{CONV_TILE}" : {a}',
         f"%conv = transform.structured.interchange %p{index} iterator_interchange = "
         f"[{', '.join(str(d) for d in dims.order)}] : ({a}) -> {a}",
         *_thread_chunks("%conv", "%mine", cores, str(threads)),
@@ -125,7 +129,7 @@ def conv_script(func_symbol: str, n_ops: int, index: int, dims: ConvDims,
         f'%j_loop = transform.get_parent_op %in_f {{op_name = "scf.for"}} : ({a}) -> {a}',
         *_peel("%j_loop", "%j_main", "%j_rest"),
         f"transform.apply_patterns to %f {{ transform.apply_patterns.canonicalization }} : {a}",
-        f"%tiles = transform.structured.match {generic} in %f : ({a}) -> {a}",
+        f"%tiles = transform.structured.match attributes{{{CONV_TILE}}} in %f : ({a}) -> {a}",
         f"%step, {', '.join(f'%rl{i}' for i in range(n_reductions))} = "
         f"transform.structured.tile_using_for %tiles tile_sizes {steps} "
         f": ({a}) -> ({', '.join([a] * (n_reductions + 1))})",
