@@ -21,14 +21,17 @@ CONV_TILE = "tdsl.conv_tile"
 
 @dataclass(frozen=True)
 class ConvDims:
-    """Loop positions of a convolution generic: `f` (a parallel loop of the output that indexes
-    the filter and not the image), `j` (the output's last loop, the image's last subscript being
-    `j + s`), `s` (that window loop) and the order the schedule runs the loops in (`order`:
-    the parallel loops, `j` last among them, then the reductions)."""
+    """Loop positions of a convolution generic as its register tile sees them: `m` (the tile's
+    MR rows: a parallel loop of the output that one input, the broadcast one, reads and the
+    other does not), `n` (the NR columns: the output's last loop, the vector one; the other
+    input's last subscript is `n` or `n + s`), `threads` (the loop split across cores) and the
+    order the schedule runs the loops in (`order`: the parallel loops, `n` last among them,
+    then the reductions). NCHW: m = filters, n = output columns, threads along the filters;
+    NHWC: m = output columns, n = filters, threads along the output rows."""
 
-    f: int
-    j: int
-    s: int
+    m: int
+    n: int
+    threads: int
     order: tuple[int, ...]
 
 
@@ -44,11 +47,30 @@ def _dim_sum(expr) -> tuple[int, int] | None:
     return None
 
 
+def _reads(expr, loop: int, iterators: tuple[str, ...]) -> bool:
+    """True when `expr` is the loop itself or `loop + s` with `s` a reduction (a window)."""
+    from mlir import ir
+
+    if isinstance(expr, ir.AffineDimExpr):
+        return expr.position == loop
+    pair = _dim_sum(expr)
+    if pair is None or loop not in pair or pair[0] == pair[1]:
+        return False
+    return iterators[pair[1] if pair[0] == loop else pair[0]] == "reduction"
+
+
+def _is_window(expr, iterators: tuple[str, ...]) -> bool:
+    pair = _dim_sum(expr)
+    return pair is not None and sorted(iterators[d] for d in pair) == ["parallel", "reduction"]
+
+
 def conv_dims(info: LinalgInfo) -> ConvDims | None:
-    """The `ConvDims` of a float generic `out[.., f, .., j] += image[.., j + s] * filter[..]`
-    (a 1-D or 2-D convolution, any layout whose output and image rows are contiguous in `j`):
-    two inputs, a multiply-add body, the filter indexed by loops only (no `j`), `f` in the
-    filter and the output but not the image; else None."""
+    """The `ConvDims` of a float generic `out[.., m, .., n] += row[.., n (+ s)] * col[..]`
+    that is a convolution (some subscript is a window `i + r`: a matrix product is not), two
+    inputs and a multiply-add body: `row`'s last subscript reads the output's last loop `n`
+    (contiguous NR-wide vector loads) and nothing else of `row` or `col` does; `m` is the last
+    other output loop that `col` reads (as `m` or `m + s`) and `row` does not. None
+    otherwise."""
     from mlir import ir
 
     if info.name != "linalg.generic" or info.n_inputs != 2:
@@ -57,28 +79,31 @@ def conv_dims(info: LinalgInfo) -> ConvDims | None:
         return None
     maps = [ir.AffineMapAttr(m).value
             for m in ir.ArrayAttr(info.op.operation.attributes["indexing_maps"])]
-    out = info.maps[2]
-    if None in out or not out or any(info.iterators[d] != "parallel" for d in out):
+    out, its = info.maps[2], info.iterators
+    if None in out or not out or any(its[d] != "parallel" for d in out):
         return None
-    j = out[-1]
-    for image, filt in ((0, 1), (1, 0)):
-        pair = _dim_sum(maps[image].results[-1]) if maps[image].results else None
-        if pair is None or j not in pair or None in info.maps[filt]:
+    if not any(_is_window(e, its) for amap in maps[:2] for e in amap.results):
+        return None
+    n = out[-1]
+    for row, col in ((0, 1), (1, 0)):
+        row_exprs, col_exprs = maps[row].results, maps[col].results
+        if not row_exprs or not _reads(row_exprs[-1], n, its):
             continue
-        s = pair[1] if pair[0] == j else pair[0]
-        if info.iterators[s] != "reduction" or j in info.maps[filt]:
+        if any(n in _positions(e) for e in [*row_exprs[:-1], *col_exprs]):
             continue
-        image_dims = {d for e in maps[image].results for d in _positions(e)}
-        if sum(e == j for e in _positions(maps[image].results[-1])) != 1 or \
-                any(j in _positions(e) for e in maps[image].results[:-1]):
+        row_loops = {d for e in row_exprs for d in _positions(e)}
+        rows = [d for d in out[:-1] if d not in row_loops
+                and any(_reads(e, d, its) for e in col_exprs)
+                and all(_reads(e, d, its) for e in col_exprs if d in _positions(e))]
+        if not rows:
             continue
-        filters = [d for d in out if d in info.maps[filt] and d not in image_dims]
-        if not filters:
-            continue
-        parallel = [d for d in range(len(info.iterators))
-                    if info.iterators[d] == "parallel" and d != j]
-        reductions = [d for d in range(len(info.iterators)) if info.iterators[d] == "reduction"]
-        return ConvDims(filters[-1], j, s, (*parallel, j, *reductions))
+        m = rows[-1]
+        col_windows = any(_is_window(e, its) for e in col_exprs)
+        others = [d for d in out[:-1] if d != m]
+        threads = others[-1] if col_windows and others else m
+        parallel = [d for d in range(len(its)) if its[d] == "parallel" and d != n]
+        reductions = [d for d in range(len(its)) if its[d] == "reduction"]
+        return ConvDims(m, n, threads, (*parallel, n, *reductions))
     return None
 
 
@@ -96,24 +121,25 @@ def _positions(expr) -> list[int]:
 def conv_script(func_symbol: str, n_ops: int, index: int, dims: ConvDims,
                 tiles: ContractionTiles, cores: int = 1) -> str:
     """The transform script of one convolution (linalg op `index` of `n_ops`, its fill the
-    op before it; the ops after it are left alone): its loops interchanged to `dims.order`, split into one `scf.forall` chunk of
-    filters per core, its parallel loops tiled by one but `MR` filters (`f`) and `NR` output
-    columns (`j`), the fill fused in; the `f` and `j` tile loops peeled; every tile cut into
-    one step of each reduction loop (channels, window rows, window columns) around a tile
-    whose accumulator is hoisted out of those loops and whose unit loops are folded away:
-    `out[MR, NR] += filter[MR] * image[NR]`, vectorized. `outer_products` then makes it an
-    outer product (the filter's MR values broadcast, NR image values loaded once), so the
-    MR x NR accumulators stay in vector registers for the whole reduction, the way a
-    hand-written direct convolution runs. The partial tiles (the last columns of a row, the
-    last filters) get the same tile with masked reads and writes."""
+    op before it; the ops after it are left alone): its loops interchanged to `dims.order`,
+    split into one `scf.forall` chunk per core along `dims.threads`, its parallel loops tiled
+    by one but `MR` along `dims.m` and `NR` along `dims.n`, the fill fused in; the `m` and `n`
+    tile loops peeled; every tile cut into one step of each reduction loop (channels, window
+    rows, window columns) around a tile whose accumulator is hoisted out of those loops and
+    whose unit loops are folded away: `out[MR, NR] += col[MR] * row[NR]`, vectorized.
+    `outer_products` then makes it an outer product (MR values broadcast, NR values loaded
+    once), so the MR x NR accumulators stay in vector registers for the whole reduction, the
+    way a hand-written direct convolution runs (NCHW: MR filters x NR output columns; NHWC:
+    MR output columns x NR filters). The partial tiles get the same tile with masked reads
+    and writes."""
     a = "!transform.any_op"
     pos = {d: i for i, d in enumerate(dims.order)}
-    n_parallel = pos[dims.j] + 1
+    n_parallel = pos[dims.n] + 1
     n_reductions = len(dims.order) - n_parallel
-    sizes = {dims.f: tiles.mr, dims.j: tiles.nr}
+    sizes = {dims.m: tiles.mr, dims.n: tiles.nr}
     parallel = [sizes.get(d, 1) for d in dims.order[:n_parallel]] + [0] * n_reductions
     steps = [0] * n_parallel + [1] * n_reductions
-    threads = [cores if d == dims.f else 0 for d in dims.order]
+    threads = [cores if d == dims.threads else 0 for d in dims.order]
     generic = 'ops{["linalg.generic"]}'
     loop_names = ", ".join(f"%cl{i}" for i in range(n_parallel))
     lines = [
@@ -124,7 +150,7 @@ def conv_script(func_symbol: str, n_ops: int, index: int, dims: ConvDims,
         *_thread_chunks("%conv", "%mine", cores, str(threads)),
         f"%tile, {loop_names} = transform.structured.fuse %mine tile_sizes {parallel} "
         f"{{apply_cleanup}} : ({a}) -> ({', '.join([a] * (n_parallel + 1))})",
-        *_peel(f"%cl{pos[dims.f]}", "%f_main", "%f_rest"),
+        *_peel(f"%cl{pos[dims.m]}", "%f_main", "%f_rest"),
         f"%in_f = transform.structured.match {generic} in %f_main : ({a}) -> {a}",
         f'%j_loop = transform.get_parent_op %in_f {{op_name = "scf.for"}} : ({a}) -> {a}',
         *_peel("%j_loop", "%j_main", "%j_rest"),

@@ -293,6 +293,9 @@ CASES: list[Case] = [
     Case("conv2d.tdsl", "conv2d_bias_relu",
          lambda r: (floats(r, 2, 3, 9, 7), floats(r, 5, 3, 3, 2), floats(r, 5)),
          lambda x, f, b: out(np.maximum(conv2d(x, f) + w(b)[None, :, None, None], 0.0))),
+    Case("conv2d.tdsl", "conv2d_nhwc", lambda r: (floats(r, 2, 9, 7, 3), floats(r, 3, 2, 3, 5)),
+         lambda x, f: out(np.transpose(conv2d(np.transpose(w(x), (0, 3, 1, 2)),
+                                              np.transpose(w(f), (3, 2, 0, 1))), (0, 2, 3, 1)))),
     Case("conv2d.tdsl", "depthwise_conv2d", lambda r: (floats(r, 2, 3, 9, 7), floats(r, 3, 3, 2)),
          lambda x, f: out(np.concatenate(
              [conv2d(x[:, c:c + 1], f[None, c:c + 1]) for c in range(x.shape[1])], axis=1))),

@@ -42,7 +42,7 @@ kernel matmul(a: f32[M, K], b: f32[K, N]) -> (c: f32[M, N]) {
     c[i, j] = sum[k](a[i, k] * b[k, j])
 }
 """
-SCHEDULED = {"conv2d", "conv1d", "conv2d_bias"}
+SCHEDULED = {"conv2d", "conv1d", "conv2d_bias", "nhwc"}
 RNG = np.random.default_rng(11)
 TILES = contraction_tiles(host(), 32)
 
@@ -145,13 +145,27 @@ def test_strided_views_and_a_strided_output(modules):
                                atol=2e-5)
 
 
-def test_the_kernels_left_to_plain_loops_agree(modules):
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_nhwc_against_the_reference(modules, n_threads):
+    """Channels last: the tile's rows are output columns (broadcast, stride C) and its vector
+    columns the filters."""
     compiled, ref = modules
-    x, w = _conv2d_args(2, 3, 7, TILES.nr + 5, 5, 3, 3)
+    before = threads.num_threads()
+    threads.set_num_threads(n_threads)
+    try:
+        for width, f in zip(FILTERS, WIDTHS):  # MR-ish widths, NR-ish filter counts
+            for r, s, c in [(3, 3, 2), (1, 2, 1)]:
+                x = RNG.uniform(-1, 1, (2, r + 1, width + s - 1, c)).astype(np.float32)
+                w = RNG.uniform(-1, 1, (r, s, c, f)).astype(np.float32)
+                np.testing.assert_allclose(compiled.nhwc(x, w), ref.nhwc(x, w), rtol=2e-5,
+                                           atol=2e-5, err_msg=f"W={width} F={f} R={r} S={s}")
+    finally:
+        threads.set_num_threads(before)
+
+
+def test_a_depthwise_convolution_keeps_plain_loops_and_agrees(modules):
+    compiled, ref = modules
     xd = RNG.uniform(-1, 1, (2, 5, 7, TILES.nr + 5)).astype(np.float32)
     wd = RNG.uniform(-1, 1, (5, 3, 3)).astype(np.float32)
     np.testing.assert_allclose(compiled.depthwise(xd, wd), ref.depthwise(xd, wd), rtol=2e-5,
                                atol=2e-5)
-    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    wh = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
-    np.testing.assert_allclose(compiled.nhwc(xh, wh), ref.nhwc(xh, wh), rtol=2e-5, atol=2e-5)
