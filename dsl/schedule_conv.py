@@ -1,6 +1,7 @@
-"""The direct-convolution schedule: register tiles of `MR` filters x `NR` output columns kept in
-vector registers over the reduction loops (channels and the window), the way a hand-written
-convolution micro-kernel runs (see `conv_script`)."""
+"""The direct-convolution schedule: `MR x NR` register tiles of the output (filters x output
+columns for NCHW, output columns x filters for NHWC) kept in vector registers over the
+reduction loops (channels and the window), the way a hand-written convolution micro-kernel runs
+(see `conv_script`), and the rewrite of its broadcast products into outer products."""
 
 from __future__ import annotations
 
@@ -257,12 +258,13 @@ def _plain_read(read, mask):
     vector = ir.VectorType(read.results[0].type)
     column = str(read.attributes["permutation_map"]).endswith("(d0) -> (d0, 0)>")
     length = vector.shape[0] if column else vector.shape[1]
+    in_bounds = ir.ArrayAttr(read.attributes["in_bounds"])[0 if column else 1]
     new = ir.Operation.create(
         "vector.transfer_read",
         results=[ir.VectorType.get([length], vector.element_type)],
         operands=list(read.operands)[:3] + ([] if mask is None else [mask]),
         attributes={"permutation_map": ir.Attribute.parse("affine_map<(d0) -> (d0)>"),
-                    "in_bounds": ir.Attribute.parse("[true]"),
+                    "in_bounds": ir.ArrayAttr.get([in_bounds]),
                     "operandSegmentSizes": ir.Attribute.parse(
                         f"array<i32: 1, 1, 1, {0 if mask is None else 1}>")})
     return new.results[0]
