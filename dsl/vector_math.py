@@ -213,6 +213,19 @@ class VectorMath(VecBuilder):
         result = self.mul(self.mul(p, self.pow2(half)), self.pow2(rest))
         return self.sel(self.isnan(x), x, result)
 
+    def exp_in_range(self, x: str) -> str:
+        """e^x for x known to lie in [-60, 60] and not nan (tanh's and erf's arguments): the
+        same reduction and polynomial as `exp`, without its clamps, its nan test and its
+        split scale (one 2^k suffices while k stays in the normal exponent range): about a
+        quarter fewer operations, all of them on the multiply pipes' critical share."""
+        f = self.f
+        k = self.unary("roundeven", self.mul(x, self.c(C.LOG2E)))
+        ln2_hi, ln2_lo = C.LN2_F32 if f.bits == 32 else C.LN2_F64
+        r = self.madd(self.neg(k), self.c(ln2_hi), x)
+        r = self.madd(self.neg(k), self.c(ln2_lo), r)
+        p = self.horner(r, C.EXP_TAYLOR_F32 if f.bits == 32 else C.EXP_TAYLOR_F64)
+        return self.mul(p, self.pow2(k))
+
     # ---- log --------------------------------------------------------------------------------
     def _log_parts(self, x: str) -> tuple[str, str, str, str]:
         """x = 2^k (1 + f) with 1 + f in [sqrt(1/2), sqrt(2)); returns (k, f, s, R) where
@@ -294,7 +307,8 @@ class VectorMath(VecBuilder):
         z = self.mul(ax, ax)
         p = self.horner(z, C.TANH_F32 if f.bits == 32 else C.TANH_F64)
         near = self.madd(self.mul(ax, z), p, ax)
-        e = self.exp(self.mul(self.c(2.0), self.clamp_below(ax, 10.0 if f.bits == 32 else 20.0)))
+        e = self.exp_in_range(self.mul(self.c(2.0), self.clamp_below(ax, 10.0 if f.bits == 32
+                                                                      else 20.0)))
         far = self.sub(self.c(1.0), self.div(self.c(2.0), self.add(e, self.c(1.0))))
         return self.copysign(self.sel(small, near, far), x)
 
@@ -312,7 +326,7 @@ class VectorMath(VecBuilder):
             rx = self.horner(self.sub(xt, self.c(C.ERFC_F32_CENTER)), C.ERFC_F32)
         else:
             rx = self._piecewise_horner(xt, C.ERFC_F64_PIECES)
-        e = self.exp(self.neg(self.mul(xt, xt)))
+        e = self.exp_in_range(self.neg(self.mul(xt, xt)))
         far = self.sub(self.c(1.0), self.mul(e, rx))
         return self.copysign(self.sel(small, near, far), x)
 
