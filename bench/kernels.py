@@ -169,6 +169,13 @@ class Row:
         return r.timing.median if r and r.ok and r.timing else None
 
 
+SETTLE_S = 0.3
+"""Pause before each implementation: the worker threads of the one before (OpenBLAS, Numba's
+OpenMP, libomp) spin for up to ~200 ms after their last call and took a core from the next
+one (tdsl's attention on 2 threads: 1.8 ms alone, 3.5 ms with a noise of 250 % right after
+Numba parallel)."""
+
+
 def run_case(case: Case, policy: h.Policy, rates: dict[tuple[str, str], float],
              max_call_s: float) -> Row:
     """Check then time every implementation of `case`. `rates` holds work per second of each
@@ -186,6 +193,7 @@ def run_case(case: Case, policy: h.Policy, rates: dict[tuple[str, str], float],
         fn = case.impls.get(impl)
         if fn is None:
             continue
+        time.sleep(SETTLE_S)
         res = Result()
         row.results[impl] = res
         rate = rates.get((case.family, impl))
