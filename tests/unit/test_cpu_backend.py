@@ -158,10 +158,13 @@ exit:
 """
 
 
-def test_llvm_flags_are_ours_only_while_we_optimize():
-    """tdsl's O3 has no vectorized epilogue; LLVM's own O3 in the same process (Numba's)
-    keeps it, before and after a tdsl compile (a global flag left set cost Numba 4-6x)."""
+def test_llvm_flags_are_ours_only_while_we_optimize(monkeypatch):
+    """tdsl's O3 has no vectorized epilogue (on AVX2 hosts: forced here); LLVM's own O3 in the
+    same process (Numba's) keeps it, before and after a tdsl compile (a global flag left set
+    cost Numba 4-6x)."""
     import llvmlite.binding as llvm
+
+    monkeypatch.setattr(cg, "WIDE_VECTORS_FLAGS", {})
 
     def others_o3() -> str:
         mod = cg.parse(_ADD_LOOP)
@@ -173,3 +176,10 @@ def test_llvm_flags_are_ours_only_while_we_optimize():
     assert "vec.epilog" in others_o3()
     assert "vec.epilog" not in str(cg.optimize(cg.parse(_ADD_LOOP)))
     assert "vec.epilog" in others_o3()
+
+
+def test_hosts_with_512_bit_vectors_keep_the_vectorized_epilogue():
+    """AVX-512's interleaved loop takes 64 floats per iteration: its remainder is vectorized."""
+    wide = "+avx512f" in cg.host_cpu()[1].split(",")
+    assert cg.scoped_flags()["-enable-epilogue-vectorization"] == ("true" if wide else "false")
+    assert ("vec.epilog" in str(cg.optimize(cg.parse(_ADD_LOOP)))) == wide
