@@ -208,9 +208,12 @@ class VectorMath(VecBuilder):
         if low is not None:
             r = self.add(r, low)
         p = self.horner(r, series or (C.EXP_TAYLOR_F32 if f.bits == 32 else C.EXP_TAYLOR_F64))
-        half = self.unary("floor", self.mul(k, self.c(0.5)))
-        rest = self.sub(k, half)
-        result = self.mul(self.mul(p, self.pow2(half)), self.pow2(rest))
+        # 2^k as 2^a 2^(k - a), both normal: a = k clamped to the normal exponents (k is never
+        # nan: plain min and max), k - a in [-(mant + 1), 1] (denormal results and e^88.7)
+        low, high = float(1 - f.bias), float(f.bias)
+        a = self._bin("minimumf", self._bin("maximumf", k, self.c(low), " fastmath<nnan>"),
+                      self.c(high), " fastmath<nnan>")
+        result = self.mul(self.mul(p, self.pow2(a)), self.pow2(self.sub(k, a)))
         return self.sel(self.isnan(x), x, result)
 
     def exp_in_range(self, x: str) -> str:
