@@ -56,6 +56,12 @@ GRID_TERMS = 64  # terms per thread before a reduction into one value takes anot
 _VIEW_OPS = frozenset({"memref.cast", "memref.reinterpret_cast", "memref.subview",
                        "memref.expand_shape", "memref.collapse_shape"})
 _HOST_PREFIXES = ("arith.", "index.", "affine.apply", "affine.min", "affine.max")
+_HOST_MATH = frozenset({"math.absf", "math.copysign", "math.fma", "math.floor", "math.ceil",
+                        "math.round", "math.roundeven", "math.trunc", "math.sqrt"})
+"""`math` ops the host computes too: each is an LLVM intrinsic, no library call. The rounding
+of a symbol to bf16 / f16 uses `math.absf`: kept on the device, it put the conversion into the
+first statement's one-thread launch while a later launch read it (fuzz: `y2 = bf16(inf) +
+bf16(N)`, `y1 = bf16(N) % 0.0` failed to map: "a device value escapes its launch")."""
 
 __all__ = ["BLOCK_THREADS", "MappingError", "Mapper", "map_to_gpu"]
 
@@ -80,11 +86,12 @@ class Mapper(Phases):
         self.allocs: list = []
 
     def is_host_op(self, op) -> bool:
-        """Pure index arithmetic on host values (sizes, counts), constants, and views of
-        memrefs (a descriptor computed on the host, the data left where it is)."""
+        """Pure arithmetic on host values (sizes, counts, a symbol converted to a float),
+        constants, and views of memrefs (a descriptor computed on the host, the data left
+        where it is)."""
         if op.name in ("memref.dim", "arith.constant") or op.name in _VIEW_OPS:
             return True
-        if len(op.regions) or not op.name.startswith(_HOST_PREFIXES):
+        if len(op.regions) or not (op.name.startswith(_HOST_PREFIXES) or op.name in _HOST_MATH):
             return False
         return all(v in self.host for v in op.operands)
 
