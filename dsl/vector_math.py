@@ -201,13 +201,7 @@ class VectorMath(VecBuilder):
         f = self.f
         lo_clamp, hi_clamp = (-104.0, 89.0) if f.bits == 32 else (-746.0, 710.0)
         xc = self.clamp_above(self.clamp_below(x, hi_clamp), lo_clamp)
-        k = self.unary("roundeven", self.mul(xc, self.c(C.LOG2E)))
-        ln2_hi, ln2_lo = C.LN2_F32 if f.bits == 32 else C.LN2_F64
-        r = self.madd(self.neg(k), self.c(ln2_hi), xc)  # exact (Sterbenz)
-        r = self.madd(self.neg(k), self.c(ln2_lo), r)
-        if low is not None:
-            r = self.add(r, low)
-        p = self.horner(r, series or (C.EXP_TAYLOR_F32 if f.bits == 32 else C.EXP_TAYLOR_F64))
+        k, p = self._exp_parts(xc, low, series)
         # 2^k as 2^a 2^(k - a), both normal: a = k clamped to the normal exponents (k is never
         # nan: plain min and max), k - a in [-(mant + 1), 1] (denormal results and e^88.7)
         low, high = float(1 - f.bias), float(f.bias)
@@ -221,13 +215,23 @@ class VectorMath(VecBuilder):
         same reduction and polynomial as `exp`, without its clamps, its nan test and its
         split scale (one 2^k suffices while k stays in the normal exponent range): about a
         quarter fewer operations, all of them on the multiply pipes' critical share."""
+        k, p = self._exp_parts(x)
+        return self.mul(p, self.pow2(k))
+
+    def _exp_parts(self, x: str, low: str | None = None,
+                   series: tuple[float, ...] | None = None) -> tuple[str, str]:
+        """(k, p) with e^(x + low) = 2^k p: k = round(x log2 e), p the polynomial (`series`,
+        else the format's Taylor one) of the remainder r = x - k ln 2 (+ low), abs(r) <=
+        ln2/2. Cody-Waite: k ln 2 in two parts, the first product exact (Sterbenz)."""
         f = self.f
         k = self.unary("roundeven", self.mul(x, self.c(C.LOG2E)))
         ln2_hi, ln2_lo = C.LN2_F32 if f.bits == 32 else C.LN2_F64
         r = self.madd(self.neg(k), self.c(ln2_hi), x)
         r = self.madd(self.neg(k), self.c(ln2_lo), r)
-        p = self.horner(r, C.EXP_TAYLOR_F32 if f.bits == 32 else C.EXP_TAYLOR_F64)
-        return self.mul(p, self.pow2(k))
+        if low is not None:
+            r = self.add(r, low)
+        p = self.horner(r, series or (C.EXP_TAYLOR_F32 if f.bits == 32 else C.EXP_TAYLOR_F64))
+        return k, p
 
     # ---- log --------------------------------------------------------------------------------
     def _log_parts(self, x: str) -> tuple[str, str, str, str]:
