@@ -58,6 +58,14 @@ def const_int(value) -> int | None:
         return None
 
 
+def defining_op(value):
+    """The operation that computes `value` (None for a block argument)."""
+    from mlir import ir
+
+    owner = value.owner
+    return None if isinstance(owner, ir.Block) else owner.operation
+
+
 def defining_block(value):
     """The block a value is defined in (a block argument's own block)."""
     from mlir import ir

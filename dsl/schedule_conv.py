@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tdsl.gpu_ir import defining_op
 from tdsl.schedule_contraction import (
     ContractionTiles,
     _hoist_accumulators,
@@ -224,13 +225,9 @@ def outer_products(func) -> int:
 
 def _broadcast_product(add):
     """(acc, column read, row read) when `add` is `acc + column * row` as in `outer_products`."""
-    from mlir import ir
-
     for acc_index in (0, 1):
-        mul = add.operands[1 - acc_index].owner
-        if not isinstance(mul, ir.Operation) and hasattr(mul, "operation"):
-            mul = mul.operation
-        if not isinstance(mul, ir.Operation) or mul.name != "arith.mulf":
+        mul = defining_op(add.operands[1 - acc_index])
+        if mul is None or mul.name != "arith.mulf":
             continue
         reads = [_read_kind(v) for v in mul.operands]
         kinds = {kind: (op, mask) for kind, op, mask in reads if kind}
@@ -244,10 +241,9 @@ def _read_kind(value) -> tuple[str | None, object, object]:
     to 2-D, unmasked or masked along its 1-D source."""
     from mlir import ir
 
-    owner = value.owner
-    op = owner.operation if hasattr(owner, "operation") else owner
+    op = defining_op(value)
     mask = None
-    if not isinstance(op, ir.Operation) or op.name != "vector.transfer_read":
+    if op is None or op.name != "vector.transfer_read":
         return None, None, None
     if len(op.operands) not in (3, 4) or ir.ShapedType(op.operands[0].type).rank != 1:
         return None, None, None

@@ -6,7 +6,7 @@ prefetched before the k loop and added after it)."""
 
 from __future__ import annotations
 
-from tdsl.gpu_ir import const_int, terminator
+from tdsl.gpu_ir import const_int, defining_op, terminator
 from tdsl.schedule_contraction import KC_LOOP
 from tdsl.schedule_ir import nested_ops
 
@@ -195,9 +195,8 @@ def align_vector_buffers(module) -> None:
     from mlir import ir
 
     for cast in nested_ops(module.operation, "vector.type_cast"):
-        owner = cast.operands[0].owner
-        alloca = owner.operation if hasattr(owner, "operation") else owner
-        if not isinstance(alloca, ir.Operation) or alloca.name != "memref.alloca":
+        alloca = defining_op(cast.operands[0])
+        if alloca is None or alloca.name != "memref.alloca":
             continue
         vector = ir.VectorType(ir.MemRefType(cast.results[0].type).element_type)
         size = vector.shape[-1] * max(getattr(vector.element_type, "width", 32) // 8, 1)
