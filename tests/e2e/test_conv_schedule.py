@@ -11,7 +11,6 @@ import pytest
 import tdsl
 from tdsl.check import check_source
 from tdsl.pipelines import run_pipeline
-from tdsl.runtime import threads
 from tdsl.schedule_contraction import contraction_tiles
 from tdsl.schedule_conv import conv_dims
 from tdsl.schedule_ir import host, kernel_function, linalg_info, linalg_ops
@@ -99,37 +98,25 @@ FILTERS = [1, 3, TILES.mr, TILES.mr + 1, 2 * TILES.mr + 5]
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-@pytest.mark.parametrize("n_threads", [1, 2])
-def test_conv2d_widths_against_the_reference(modules, width, n_threads):
+def test_conv2d_widths_against_the_reference(modules, width, on_threads):
     compiled, ref = modules
-    before = threads.num_threads()
-    threads.set_num_threads(n_threads)
-    try:
-        for f, (r, s) in zip(FILTERS, [(3, 3), (1, 1), (2, 5), (3, 1), (1, 4)]):
-            x, w = _conv2d_args(2, 3, r + 2, width + s - 1, f, r, s)
-            b = RNG.uniform(-1, 1, f).astype(np.float32)
-            np.testing.assert_allclose(compiled.conv2d(x, w), ref.conv2d(x, w), rtol=2e-5,
-                                       atol=2e-5, err_msg=f"F={f} R={r} S={s}")
-            np.testing.assert_allclose(compiled.conv2d_bias(x, w, b), ref.conv2d_bias(x, w, b),
-                                       rtol=2e-5, atol=2e-5, err_msg=f"bias F={f} R={r} S={s}")
-    finally:
-        threads.set_num_threads(before)
+    for f, (r, s) in zip(FILTERS, [(3, 3), (1, 1), (2, 5), (3, 1), (1, 4)]):
+        x, w = _conv2d_args(2, 3, r + 2, width + s - 1, f, r, s)
+        b = RNG.uniform(-1, 1, f).astype(np.float32)
+        np.testing.assert_allclose(compiled.conv2d(x, w), ref.conv2d(x, w), rtol=2e-5,
+                                   atol=2e-5, err_msg=f"F={f} R={r} S={s}")
+        np.testing.assert_allclose(compiled.conv2d_bias(x, w, b), ref.conv2d_bias(x, w, b),
+                                   rtol=2e-5, atol=2e-5, err_msg=f"bias F={f} R={r} S={s}")
 
 
-@pytest.mark.parametrize("n_threads", [1, 2])
-def test_conv1d_f64_against_the_reference(modules, n_threads):
+def test_conv1d_f64_against_the_reference(modules, on_threads):
     compiled, ref = modules
-    before = threads.num_threads()
-    threads.set_num_threads(n_threads)
-    try:
-        for length, f, c, r in [(1, 1, 1, 1), (40, 9, 2, 5), (TILES.nr + 3, 2 * TILES.mr, 4, 3),
-                                (301, 17, 3, 7)]:
-            x = RNG.uniform(-1, 1, (3, c, length + r - 1))
-            w = RNG.uniform(-1, 1, (f, c, r))
-            np.testing.assert_allclose(compiled.conv1d(x, w), ref.conv1d(x, w), rtol=1e-12,
-                                       atol=1e-12, err_msg=f"L={length} F={f}")
-    finally:
-        threads.set_num_threads(before)
+    for length, f, c, r in [(1, 1, 1, 1), (40, 9, 2, 5), (TILES.nr + 3, 2 * TILES.mr, 4, 3),
+                            (301, 17, 3, 7)]:
+        x = RNG.uniform(-1, 1, (3, c, length + r - 1))
+        w = RNG.uniform(-1, 1, (f, c, r))
+        np.testing.assert_allclose(compiled.conv1d(x, w), ref.conv1d(x, w), rtol=1e-12,
+                                   atol=1e-12, err_msg=f"L={length} F={f}")
 
 
 def test_strided_views_and_a_strided_output(modules):
@@ -145,22 +132,16 @@ def test_strided_views_and_a_strided_output(modules):
                                atol=2e-5)
 
 
-@pytest.mark.parametrize("n_threads", [1, 2])
-def test_nhwc_against_the_reference(modules, n_threads):
+def test_nhwc_against_the_reference(modules, on_threads):
     """Channels last: the tile's rows are output columns (broadcast, stride C) and its vector
     columns the filters."""
     compiled, ref = modules
-    before = threads.num_threads()
-    threads.set_num_threads(n_threads)
-    try:
-        for width, f in zip(FILTERS, WIDTHS):  # MR-ish widths, NR-ish filter counts
-            for r, s, c in [(3, 3, 2), (1, 2, 1)]:
-                x = RNG.uniform(-1, 1, (2, r + 1, width + s - 1, c)).astype(np.float32)
-                w = RNG.uniform(-1, 1, (r, s, c, f)).astype(np.float32)
-                np.testing.assert_allclose(compiled.nhwc(x, w), ref.nhwc(x, w), rtol=2e-5,
-                                           atol=2e-5, err_msg=f"W={width} F={f} R={r} S={s}")
-    finally:
-        threads.set_num_threads(before)
+    for width, f in zip(FILTERS, WIDTHS):  # MR-ish widths, NR-ish filter counts
+        for r, s, c in [(3, 3, 2), (1, 2, 1)]:
+            x = RNG.uniform(-1, 1, (2, r + 1, width + s - 1, c)).astype(np.float32)
+            w = RNG.uniform(-1, 1, (r, s, c, f)).astype(np.float32)
+            np.testing.assert_allclose(compiled.nhwc(x, w), ref.nhwc(x, w), rtol=2e-5,
+                                       atol=2e-5, err_msg=f"W={width} F={f} R={r} S={s}")
 
 
 def test_a_depthwise_convolution_keeps_plain_loops_and_agrees(modules):

@@ -12,7 +12,6 @@ import tdsl
 from tdsl.check import check_source
 from tdsl.loop_hints import SHORT
 from tdsl.pipelines import compile_to_llvm_ir, run_pipeline
-from tdsl.runtime import threads
 
 SOURCE = """
 kernel conv2d(x: f32[N, C, H, W], w: f32[F, C, R, S])
@@ -50,24 +49,17 @@ def test_only_window_accumulations_get_the_short_version():
 
 
 @pytest.mark.parametrize("width", [1, 5, SHORT - 1, SHORT, SHORT + 1, SHORT + 37])
-@pytest.mark.parametrize("n_threads", [1, 2])
-def test_window_rows_of_every_length_against_the_reference(modules, width, n_threads):
+def test_window_rows_of_every_length_against_the_reference(modules, width, on_threads):
     compiled, ref = modules
     x = RNG.uniform(-1, 1, (2, 3, 4, width + 2)).astype(np.float32)
     w = RNG.uniform(-1, 1, (4, 3, 3, 3)).astype(np.float32)
     xs = RNG.uniform(-1, 1, (3, width + 6))
     ws = RNG.uniform(-1, 1, 7)
     xi = RNG.integers(-1000, 1000, (3, 2 * width + 1), dtype=np.int32)
-    before = threads.num_threads()
-    threads.set_num_threads(n_threads)
-    try:
-        np.testing.assert_allclose(compiled.conv2d(x, w), ref.conv2d(x, w), rtol=1e-5,
-                                   atol=1e-5)
-        np.testing.assert_allclose(compiled.moving(xs, ws), ref.moving(xs, ws), rtol=1e-12,
-                                   atol=1e-13)  # 7 reassociated f64 products of magnitude <= 1
-        np.testing.assert_array_equal(compiled.pool(xi), ref.pool(xi))
-    finally:
-        threads.set_num_threads(before)
+    np.testing.assert_allclose(compiled.conv2d(x, w), ref.conv2d(x, w), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(compiled.moving(xs, ws), ref.moving(xs, ws), rtol=1e-12,
+                               atol=1e-13)  # 7 reassociated f64 products of magnitude <= 1
+    np.testing.assert_array_equal(compiled.pool(xi), ref.pool(xi))
 
 
 def test_strided_views(modules):
